@@ -1,0 +1,53 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Pinned so that pip takes the CPU build on disk and never pulls a multi-GB CUDA build.
+TORCH_PIN := torch==2.13.0
+FMNIST_DIR := /usr/share/datasets/fashion-mnist
+
+.PHONY: install install-dev system-deps demo test lint bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+
+# Install torch first, pinned, so that no later requirement can pick another build.
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install "$(TORCH_PIN)"
+	$(BIN)/pip install -e . "$(TORCH_PIN)"
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(BIN)/pip install -e ".[dev]" "$(TORCH_PIN)"
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+# Fashion-MNIST comes from Debian's package. As root we install it; otherwise we say how.
+system-deps:
+	@if [ -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ]; then \
+		echo "Fashion-MNIST found in $(FMNIST_DIR)"; \
+	elif [ "$$(id -u)" = "0" ]; then \
+		apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
+	else \
+		echo "Fashion-MNIST is missing. Install it with:  sudo apt-get install dataset-fashion-mnist"; \
+		exit 2; \
+	fi
+
+demo: install system-deps
+	$(BIN)/difftrain train configs/fashion-mnist.yaml --set train.run_dir=runs/demo
+	$(BIN)/difftrain sample runs/demo --num 100 --grid-rows 10 --by-class --seed 0 --out runs/demo/demo-samples
+	cp runs/demo/demo-samples/grid.png runs/demo/samples.png
+	@echo "Demo samples (one row per class): runs/demo/samples.png"
+
+test: install-dev
+	$(BIN)/python -m pytest -q
+
+lint: install-dev
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+clean:
+	rm -rf $(VENV) runs build dist src/*.egg-info

@@ -1,0 +1,1 @@
+"""Evaluation: validation loss, sample-quality metrics, likelihood, reports."""

@@ -1,0 +1,1 @@
+"""What train, sample, evaluate and serve share: build from config, checkpoints, generation."""
