@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_PIN := torch==2.13.0
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: install install-dev system-deps demo test lint bench clean
+.PHONY: install install-dev system-deps system-deps-test demo test lint bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -42,7 +42,17 @@ demo: install system-deps
 	cp runs/demo/demo-samples/grid.png runs/demo/samples.png
 	@echo "Demo samples (one row per class): runs/demo/samples.png"
 
-test: install-dev
+# Chromium renders report.html in a test (skipped without it). As root we install it; otherwise we say how.
+system-deps-test:
+	@if [ -x /usr/bin/chromium ]; then \
+		echo "chromium found (report rendering test)"; \
+	elif [ "$$(id -u)" = "0" ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else \
+		echo "chromium is missing; the report rendering test will be skipped. Install it with:  sudo apt-get install chromium"; \
+	fi
+
+test: install-dev system-deps-test
 	$(BIN)/python -m pytest -q
 
 lint: install-dev

@@ -40,7 +40,8 @@ def train(
         return
     console.print(
         f"trained {result.step} steps ({result.images_seen} images) in {result.seconds:.0f}s; "
-        f"final loss {result.final_loss:.4f}; skipped steps {result.skipped_steps}\n"
+        f"final loss {result.final_loss:.4f}; skipped steps {result.skipped_steps}; "
+        f"rollbacks {result.rollbacks}" + ("; stopped early" if result.stopped_early else "") + "\n"
         f"run directory: {result.run_dir}  (checkpoints/, samples/, metrics.jsonl, tensorboard/)"
     )
 
@@ -55,7 +56,33 @@ def sample(
     class_label: int | None = typer.Option(None, "--class-label", help="Generate only this class."),
     guidance: float = typer.Option(1.0, "--guidance", min=0.0, help="Classifier-free guidance weight."),
     batch_size: int = typer.Option(64, "--batch-size", min=1),
-    sampler: str = typer.Option("heun", "--sampler", help="Sampler name."),
+    sampler: str | None = typer.Option(
+        None, "--sampler", help="Sampler name (default: the run's sample.sampler)."
+    ),
+    schedule: str | None = typer.Option(
+        None, "--schedule", help="karras, uniform or training (default: the run's sample.schedule)."
+    ),
+    eta: float | None = typer.Option(
+        None, "--eta", min=0.0, max=1.0, help="ddim noise (0 = deterministic)."
+    ),
+    s_churn: float | None = typer.Option(
+        None, "--s-churn", min=0.0, help="edm-stochastic S_churn (default: the run's)."
+    ),
+    guidance_interval: str | None = typer.Option(
+        None, "--guidance-interval", help="LO,HI: apply guidance only for sigma in (LO, HI]."
+    ),
+    init_image: Path | None = typer.Option(
+        None, "--init-image", help="Start from this image (img2img / SDEdit)."
+    ),
+    strength: float | None = typer.Option(
+        None, "--strength", min=0.0, max=1.0, help="img2img strength (default 0.8; 1 with --mask)."
+    ),
+    mask: Path | None = typer.Option(
+        None, "--mask", help="Inpainting mask image: white = generate, black = keep."
+    ),
+    resample: int = typer.Option(
+        1, "--resample", min=1, help="RePaint resampling repeats per step (with --mask)."
+    ),
     weights: str = typer.Option("ema", "--weights", help="'ema' or 'model'."),
     out: Path = typer.Option(..., "--out", help="Output directory for PNGs and grid.png."),
     npz: Path | None = typer.Option(None, "--npz", help="Also write images (and labels) to this .npz."),
@@ -63,16 +90,54 @@ def sample(
 ) -> None:
     """Generate images from a trained run."""
     from difftrain.data import to_uint8
-    from difftrain.pipeline.generate import default_labels, generate, make_grid, save_image
+    from difftrain.pipeline.build import build_sigmas, sampler_options
+    from difftrain.pipeline.generate import (
+        default_labels,
+        generate,
+        load_image,
+        load_mask,
+        make_grid,
+        save_image,
+    )
     from difftrain.pipeline.run import load_run
     from difftrain.samplers import SAMPLERS
 
-    if sampler not in SAMPLERS:
+    if sampler is not None and sampler not in SAMPLERS:
         raise ConfigError(f"--sampler {sampler!r}: unknown (allowed: {', '.join(SAMPLERS)})")
     if weights not in ("ema", "model"):
         raise ConfigError(f"--weights {weights!r}: allowed 'ema' or 'model'")
+    for opt, path in (("--init-image", init_image), ("--mask", mask)):
+        if path is not None and not path.is_file():
+            raise ConfigError(f"{opt} {str(path)!r}: no such file")
+    if mask is not None and init_image is None:
+        raise ConfigError("--mask needs --init-image (the image whose masked-out pixels are kept)")
+    if strength is not None and init_image is None:
+        raise ConfigError("--strength needs --init-image")
+    interval = None
+    if guidance_interval is not None:
+        try:
+            lo, hi = (float(v) for v in guidance_interval.split(","))
+        except ValueError:
+            raise ConfigError(
+                f"--guidance-interval {guidance_interval!r}: write it as LO,HI, e.g. 0.28,5.42"
+            ) from None
+        if not 0 <= lo < hi:
+            raise ConfigError(f"--guidance-interval {guidance_interval!r}: needs 0 <= LO < HI")
+        interval = (lo, hi)
     run = load_run(run_dir, weights=weights)
     cfg, k = run.config, run.num_classes
+    sampler = sampler or cfg.sample.sampler
+    if eta is None and sampler == "ddim":
+        eta = cfg.sample.eta
+    if s_churn is None and sampler == "edm-stochastic":
+        s_churn = cfg.sample.s_churn
+    options = sampler_options(sampler, eta, s_churn)
+    sigmas = build_sigmas(cfg, steps, schedule)
+    res, ch = cfg.data.resolution, cfg.data.channels
+    init = load_image(init_image, ch, res, cfg.data.resize) if init_image is not None else None
+    mask_t = load_mask(mask, res, cfg.data.resize) if mask is not None else None
+    if strength is None:
+        strength = 1.0 if mask is not None else 0.8
     if class_label is not None:
         if k is None:
             raise ConfigError("--class-label: this model is unconditional; drop the option")
@@ -91,8 +156,9 @@ def sample(
         images = generate(
             run.denoiser, num=num, seed=seed, labels=labels, null_class=k, sampler=sampler,
             shape=(cfg.data.channels, cfg.data.resolution, cfg.data.resolution), steps=steps,
-            guidance=guidance, sigma_min=cfg.diffusion.sigma_min, sigma_max=cfg.diffusion.sigma_max,
-            rho=cfg.sample.rho, batch_size=batch_size, device=device, callback=bar.update,
+            guidance=guidance, sigmas=sigmas, sampler_options=options, guidance_interval=interval,
+            init_images=init, strength=strength, mask=mask_t, resample=resample,
+            batch_size=batch_size, device=device, callback=bar.update,
         )  # fmt: skip
     u8 = to_uint8(images)
     out.mkdir(parents=True, exist_ok=True)
@@ -107,9 +173,30 @@ def sample(
             arrays["labels"] = labels.numpy().astype(np.int64)
         npz.parent.mkdir(parents=True, exist_ok=True)
         np.savez(npz, **arrays)
-    info = {"checkpoint": str(run.checkpoint), "num": num, "steps": steps, "seed": seed, "guidance": guidance}
+    info = {
+        "checkpoint": str(run.checkpoint), "num": num, "sampler": sampler, "steps": steps,
+        "schedule": schedule or cfg.sample.schedule, "options": options, "seed": seed,
+        "guidance": guidance, "guidance_interval": interval,
+        "init_image": str(init_image) if init_image else None,
+        "strength": strength if init_image else None,
+        "mask": str(mask) if mask else None, "resample": resample,
+    }  # fmt: skip
     (out / "sample.json").write_text(json.dumps(info, indent=1))
     console.print(f"wrote {num} images and grid.png to {out}" + (f"; arrays to {npz}" if npz else ""))
+
+
+from difftrain.cli.eval_cmd import evaluate, report  # noqa: E402
+from difftrain.cli.features_cmd import features_app  # noqa: E402
+
+app.command(name="evaluate")(evaluate)
+app.command(name="report")(report)
+app.add_typer(features_app, name="features")
+from difftrain.cli.ema_cmd import ema  # noqa: E402
+
+app.command(name="ema")(ema)
+from difftrain.cli.data_cmd import data_app  # noqa: E402
+
+app.add_typer(data_app, name="data")
 
 
 def main() -> None:

@@ -43,7 +43,10 @@ def format_validation_error(err: ValidationError, data: dict) -> str:
         msg = e["msg"].removeprefix("Value error, ")
         expected = e.get("ctx", {}).get("expected")
         extra = f" (allowed: {expected})" if expected and "expected" not in msg else ""
-        lines.append(f"{key} = {value!r}: {msg}{extra}")
+        if isinstance(value, dict):  # a section-level check: the message names its keys
+            lines.append(f"{key}: {msg}")
+        else:
+            lines.append(f"{key} = {value!r}: {msg}{extra}")
     return "\n".join(lines)
 
 

@@ -14,21 +14,92 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class DataConfig(Section):
-    source: Literal["folder", "idx", "digits", "npz"] = Field(
-        "folder", description="where images come from"
+class AugmentConfig(Section):
+    """Training-time augmentations; each applies to an image with its own probability."""
+
+    hflip: float = Field(0.0, ge=0, le=1, description="probability of a left-right flip")
+    rotate: float = Field(0.0, ge=0, le=1, description="probability of a small rotation")
+    rotate_degrees: float = Field(10.0, gt=0, le=45, description="rotation drawn from ±this")
+    resized_crop: float = Field(0.0, ge=0, le=1, description="probability of a random resized crop")
+    resized_crop_scale: tuple[float, float] = Field(
+        (0.8, 1.0), description="crop area range as a share of the image (min, max)"
     )
-    path: Path | None = Field(None, description="folder, IDX directory or .npz file")
-    split: Literal["train", "test"] = Field("train", description="IDX split to read")
+    color_jitter: float = Field(0.0, ge=0, le=1, description="probability of color jitter")
+    brightness: float = Field(0.1, ge=0, le=1, description="jitter factor range 1 ± this")
+    contrast: float = Field(0.1, ge=0, le=1, description="jitter factor range 1 ± this")
+    saturation: float = Field(0.1, ge=0, le=1, description="jitter factor range 1 ± this")
+
+    @model_validator(mode="after")
+    def _scale_order(self) -> AugmentConfig:
+        lo, hi = self.resized_crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(
+                f"resized_crop_scale = {list(self.resized_crop_scale)}: need 0 < min <= max <= 1"
+            )
+        return self
+
+
+class BucketConfig(Section):
+    """Aspect-ratio bucketing: each batch has one shape; images keep their aspect ratio."""
+
+    enabled: bool = Field(False, description="group images into aspect-ratio buckets")
+    resolutions: list[int] | None = Field(
+        None,
+        description="bucket areas as side lengths (several = multi-resolution); "
+        "null = [data.resolution]",
+    )
+    step: int = Field(8, gt=0, description="bucket sides are multiples of this (model stride)")
+    max_ratio: float = Field(2.0, ge=1, le=8, description="widest long/short side ratio")
+    upscale: bool = Field(False, description="put small images in the largest resolution's buckets")
+
+
+class DataConfig(Section):
+    source: Literal["folder", "idx", "digits", "npz", "hf", "webdataset"] = Field(
+        "folder", description="where images come from (see data.registry.SOURCES)"
+    )
+    path: Path | None = Field(
+        None, description="image folder, IDX dir, .npz, save_to_disk folder or parquet, tar shards"
+    )
+    split: str = Field("train", description="IDX split (train|test) or Hugging Face split name")
     resolution: int = Field(32, gt=0, description="square side in pixels after preprocessing")
     channels: Literal[1, 3] = Field(3, description="1 = grayscale, 3 = RGB")
-    resize: Literal["pad", "crop", "stretch"] = Field(
-        "crop", description="how to reach the square resolution: pad, center-crop or stretch"
+    resize: Literal["pad", "crop", "random_crop", "stretch"] = Field(
+        "crop",
+        description="reach the size by: shorter side then center 'crop' or 'random_crop' "
+        "(stream loader), 'pad' (with white) or 'stretch'",
     )
-    hflip: bool = Field(False, description="random horizontal flip during training")
+    hflip: bool = Field(False, description="random horizontal flip during training (p = 0.5)")
+    augment: AugmentConfig = AugmentConfig()
+    buckets: BucketConfig = BucketConfig()
     val_fraction: float = Field(0.05, ge=0.0, lt=1.0, description="held-out validation share")
     max_images: int | None = Field(None, gt=0, description="use only the first N images")
     class_conditional: bool = Field(True, description="use labels when the source has them")
+    loader: Literal["memory", "stream"] = Field(
+        "memory", description="decode everything once into memory, or decode on demand in workers"
+    )
+    workers: int | None = Field(None, ge=0, le=64, description="decoder processes; null = auto")
+    prefetch: int = Field(2, gt=0, le=64, description="batches each worker prepares ahead")
+    shuffle_buffer: int = Field(1000, gt=0, description="webdataset sample shuffle buffer size")
+    image_column: str | None = Field(None, description="Hugging Face image column; null = detect")
+    label_column: str | None = Field(None, description="Hugging Face label column; null = detect")
+    caption_column: str | None = Field(
+        None, description="caption column (HF or metadata.jsonl/csv); null = text|caption|prompt"
+    )
+    caption_ext: str = Field(
+        ".txt", pattern=r"^\.[A-Za-z0-9_]+$", description="side-car caption suffix"
+    )
+    caption_policy: Literal["empty", "filename", "error"] = Field(
+        "empty", description="a missing/empty caption becomes '', the file name, or an error"
+    )
+    verify: Literal["header", "full", "none"] = Field(
+        "header", description="check every file at start: header only, full decode, or not at all"
+    )
+    max_pixels: int = Field(
+        64_000_000, gt=0, description="refuse images with more pixels (decompression bombs)"
+    )
+    max_bad_fraction: float = Field(
+        0.05, ge=0, le=1, description="abort at start when a larger share of files is unusable"
+    )
 
 
 class ModelConfig(Section):
@@ -39,19 +110,92 @@ class ModelConfig(Section):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
 
+# Keys that only one family of objectives reads; setting one for another objective is an error.
+_OBJECTIVE_KEYS = {
+    "p_mean": ("edm",),
+    "p_std": ("edm",),
+    "prediction": ("vp", "iddpm"),
+    "beta_schedule": ("vp", "iddpm"),
+    "beta_start": ("vp", "iddpm"),
+    "beta_end": ("vp", "iddpm"),
+    "num_train_timesteps": ("vp", "iddpm"),
+    "zero_terminal_snr": ("vp", "iddpm"),
+    "logit_mean": ("flow",),
+    "logit_std": ("flow",),
+    "vlb_weight": ("iddpm",),
+}
+
+
 class DiffusionConfig(Section):
-    objective: Literal["edm"] = "edm"
+    objective: Literal["edm", "vp", "flow", "iddpm"] = Field(
+        "edm",
+        description="edm (Karras 2022), vp (DDPM, Ho 2020), flow (rectified flow), "
+        "iddpm (VP + learned variance, hybrid loss; Nichol & Dhariwal 2021)",
+    )
     sigma_data: float = Field(0.5, gt=0)
-    p_mean: float = Field(-1.2, description="mean of log-sigma during training")
-    p_std: float = Field(1.2, gt=0, description="std of log-sigma during training")
-    sigma_min: float = Field(0.002, gt=0)
-    sigma_max: float = Field(80.0, gt=0)
+    p_mean: float = Field(-1.2, description="edm: mean of log-sigma during training")
+    p_std: float = Field(1.2, gt=0, description="edm: std of log-sigma during training")
+    sigma_min: float = Field(0.002, gt=0, description="sampling: smallest nonzero sigma")
+    sigma_max: float = Field(80.0, gt=0, description="sampling: largest sigma")
+    prediction: Literal["eps", "v", "x0"] | None = Field(
+        None, description="vp/iddpm network target; null = eps"
+    )
+    beta_schedule: Literal["linear", "scaled-linear", "cosine"] = "linear"
+    beta_start: float = Field(1e-4, gt=0, lt=1, description="linear/scaled-linear beta_0")
+    beta_end: float = Field(0.02, gt=0, lt=1, description="linear/scaled-linear beta_(T-1)")
+    num_train_timesteps: int = Field(1000, gt=1)
+    zero_terminal_snr: bool = Field(False, description="rescale betas to SNR 0 at T (Lin 2024)")
+    offset_noise: float = Field(0.0, ge=0, description="per-channel noise offset (0 = off)")
+    weighting: Literal["uniform", "min-snr", "soft-min-snr", "edm", "learned"] = Field(
+        "uniform", description="loss weighting over noise levels (uniform = objective's own)"
+    )
+    min_snr_gamma: float = Field(5.0, gt=0, description="gamma of (soft-)min-snr")
+    logit_mean: float = Field(0.0, description="flow: mean of logit(t)")
+    logit_std: float = Field(1.0, gt=0, description="flow: std of logit(t)")
+    vlb_weight: float = Field(0.001, ge=0, description="iddpm: lambda of L_simple + lambda*L_vlb")
 
     @model_validator(mode="after")
     def _sigma_order(self) -> DiffusionConfig:
         if self.sigma_min >= self.sigma_max:
             raise ValueError(
                 f"sigma_min ({self.sigma_min}) must be below sigma_max ({self.sigma_max})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _combinations(self) -> DiffusionConfig:
+        obj = self.objective
+        for key, objectives in _OBJECTIVE_KEYS.items():
+            value = getattr(self, key)
+            if obj not in objectives and value != type(self).model_fields[key].default:
+                raise ValueError(
+                    f"diffusion.{key} = {value!r} is only used by diffusion.objective "
+                    f"{' or '.join(objectives)}, not {obj!r}; remove diffusion.{key}"
+                )
+        if self.beta_schedule == "cosine" and (self.beta_start, self.beta_end) != (1e-4, 0.02):
+            raise ValueError(
+                "diffusion.beta_start/beta_end are not used by diffusion.beta_schedule = 'cosine'; "
+                "remove them"
+            )
+        if self.beta_start >= self.beta_end:
+            raise ValueError(
+                f"diffusion.beta_start ({self.beta_start}) must be below "
+                f"diffusion.beta_end ({self.beta_end})"
+            )
+        if self.zero_terminal_snr and (self.prediction or "eps") == "eps":
+            raise ValueError(
+                "diffusion.zero_terminal_snr = true needs diffusion.prediction = 'v' (or 'x0'): "
+                "an eps-prediction cannot recover x0 at SNR 0 (Lin et al. 2024)"
+            )
+        if self.min_snr_gamma != 5.0 and self.weighting not in ("min-snr", "soft-min-snr"):
+            raise ValueError(
+                f"diffusion.min_snr_gamma is only used by diffusion.weighting = 'min-snr' or "
+                f"'soft-min-snr', not {self.weighting!r}; remove it or change the weighting"
+            )
+        if self.weighting == "learned" and obj == "iddpm":
+            raise ValueError(
+                "diffusion.weighting = 'learned' does not combine with diffusion.objective = "
+                "'iddpm' (its hybrid loss already learns a variance); choose another weighting"
             )
         return self
 
@@ -83,8 +227,30 @@ class TrainConfig(Section):
     ema_rampup: float | None = Field(
         0.05, gt=0, description="cap half-life at this share of images seen (EDM); null = off"
     )
+    ema_halflives_kimg: list[float] = Field(
+        [], description="extra classic EMAs (half-lives in kimg), checkpoint groups ema_hl<H>"
+    )
+    # Post-hoc EMA (EDM2): power-function EMAs snapshotted during training, any length later.
+    posthoc_ema_sigma_rels: list[float] = Field(
+        [0.05, 0.10], description="tracked power-EMA profiles as relative std σ_rel; [] = off"
+    )
+    posthoc_snapshot_every: int | None = Field(
+        None, gt=0, description="snapshot the power EMAs every N steps; null = max_steps // 20"
+    )
     label_dropout: float = Field(0.1, ge=0, lt=1, description="share of labels replaced by null")
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
+    # Guards: skip non-finite or spiking steps; roll back after a streak; stop after repeats.
+    max_bad_steps: int = Field(5, gt=0, description="consecutive skipped steps before a rollback")
+    max_rollbacks: int = Field(3, ge=0, description="rollbacks before stopping with a report")
+    rollback_lr_factor: float = Field(0.5, gt=0, le=1, description="LR multiplier per rollback")
+    spike_factor: float = Field(10.0, gt=1, description="a loss/grad-norm this many × the median is a spike")
+    spike_window: int = Field(200, ge=10, description="steps in the rolling window for spikes")
+    # Validation (at every checkpoint), best checkpoints and early stopping.
+    keep_best: int = Field(1, ge=0, description="also keep this many best checkpoints by val/loss")
+    early_stopping_patience: int | None = Field(
+        None, gt=0, description="stop after this many validations without improvement; null = off"
+    )
+    early_stopping_min_delta: float = Field(0.0, ge=0)
 
     @model_validator(mode="after")
     def _accum_divides(self) -> TrainConfig:
@@ -94,14 +260,90 @@ class TrainConfig(Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _ema_lists(self) -> TrainConfig:
+        max_rel = (1 / 12) ** 0.5  # σ_rel of γ = 0, a uniform average over the whole run
+        rels, hls = self.posthoc_ema_sigma_rels, self.ema_halflives_kimg
+        if any(not 0 < s < max_rel for s in rels):
+            raise ValueError(
+                f"train.posthoc_ema_sigma_rels = {rels}: each must lie in (0, {max_rel:.4f}) "
+                "(EDM2 uses 0.05 and 0.10); [] turns post-hoc EMA off"
+            )
+        if len({round(s, 4) for s in rels}) != len(rels):
+            raise ValueError(f"train.posthoc_ema_sigma_rels = {rels}: values must be distinct")
+        if any(not h > 0 for h in hls) or len(set(hls)) != len(hls):
+            raise ValueError(
+                f"train.ema_halflives_kimg = {hls}: each half-life must be > 0 and distinct"
+            )
+        return self
+
 
 class SampleConfig(Section):
-    sampler: Literal["heun"] = "heun"
+    # The names of difftrain.samplers.SAMPLERS (a test keeps the two lists equal).
+    sampler: Literal[
+        "euler", "heun", "edm-stochastic", "ddim", "ddpm", "dpmpp-2m", "dpmpp-3m", "unipc"
+    ] = "heun"
     steps: int = Field(18, gt=0)
+    schedule: Literal["karras", "uniform", "training"] = Field(
+        "karras",
+        description="karras (rho), uniform (in t; vp/iddpm/flow) or training (all T "
+        "timesteps; vp/iddpm)",
+    )
     rho: float = Field(7.0, gt=0)
+    eta: float = Field(0.0, ge=0, le=1, description="ddim: noise (0 = deterministic, 1 = ddpm)")
+    s_churn: float = Field(40.0, ge=0, description="edm-stochastic: S_churn")
+    guidance_interval: tuple[float, float] | None = Field(
+        None, description="apply guidance only for sigma in (lo, hi] (Kynkaanniemi 2024)"
+    )
     guidance: float = Field(1.0, ge=0, description="classifier-free guidance weight; 1 = off")
     num: int = Field(64, gt=0, description="images in each training-time grid")
     seed: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _sampler_options(self) -> SampleConfig:
+        if self.eta != 0.0 and self.sampler != "ddim":
+            raise ValueError(
+                f"sample.eta is only used by sample.sampler = 'ddim', not {self.sampler!r}"
+            )
+        if self.s_churn != 40.0 and self.sampler != "edm-stochastic":
+            raise ValueError(
+                "sample.s_churn is only used by sample.sampler = 'edm-stochastic', "
+                f"not {self.sampler!r}"
+            )
+        interval = self.guidance_interval
+        if interval is not None and not 0 <= interval[0] < interval[1]:
+            raise ValueError(f"sample.guidance_interval = {list(interval)}: needs 0 <= lo < hi")
+        return self
+
+
+class FeaturesConfig(Section):
+    """The domain feature network of `difftrain features train` (a small CNN classifier)."""
+
+    out: Path | None = Field(None, description="output directory; null = <train.run_dir>/features")
+    width: int = Field(32, gt=0, description="channels of the first conv level")
+    feature_dim: int = Field(128, gt=1, description="size of the feature vector")
+    epochs: int = Field(3, gt=0)
+    batch_size: int = Field(128, gt=0)
+    lr: float = Field(2e-3, gt=0)
+    seed: int = Field(0, ge=0)
+
+
+class EvalConfig(Section):
+    """Sample-quality evaluation during training (from the EMA weights) and by default on demand."""
+
+    every: int = Field(0, ge=0, description="evaluate every N steps (and at the end); 0 = off")
+    metrics: list[Literal["fid", "kid", "pr", "acc", "nll"]] = Field(
+        ["fid", "kid", "pr", "acc"], description="fid, kid, pr (precision/recall), acc, nll"
+    )
+    num: int = Field(500, gt=3, description="generated (and reference) images per evaluation")
+    steps: int = Field(10, gt=0, description="sampler steps for evaluation samples")
+    sampler: str = Field("heun", description="sampler name (see difftrain.samplers.SAMPLERS)")
+    seed: int = Field(1, ge=0, description="generation seed (sample i depends on (seed, i))")
+    features: Literal["domain", "inception"] = "domain"
+    feature_net: Path | None = Field(None, description="domain net dir; null = <run_dir>/features")
+    inception_weights: Path | None = Field(None, description="FID Inception-v3 weight file")
+    nll_num: int = Field(32, gt=0, description="validation images for the likelihood")
+    nll_steps: int = Field(32, gt=1, description="ODE steps for the likelihood")
 
 
 class LoggingConfig(Section):
@@ -116,4 +358,6 @@ class Config(Section):
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
     sample: SampleConfig = SampleConfig()
+    eval: EvalConfig = EvalConfig()
+    features: FeaturesConfig = FeaturesConfig()
     logging: LoggingConfig = LoggingConfig()

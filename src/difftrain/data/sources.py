@@ -1,31 +1,134 @@
-"""Dataset sources. Each returns raw images (before resizing) with optional labels."""
+"""Dataset sources: one class per kind. A map-style source reads sample i on demand.
+
+Every source exposes the same fields (keys, labels, class_names, captions, bad) and three
+readers: `load(i)` (decoded, mode-normalized PIL image), `probe(i)` (size and mode from the
+header only) and `content(i)` (bytes, for duplicate hashing). `open(cfg)` lists the samples and,
+as `data.verify` asks, checks each one, so bad inputs are counted before training starts.
+"""
 
 from __future__ import annotations
 
 import gzip
 import struct
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from difftrain.data.decode import BadFiles, BadImage, load_normalized, normalize_mode, probe_image
+from difftrain.data.errors import DataError
+
+__all__ = ["DataError", "Source", "ArraySource", "IdxSource", "DigitsSource", "NpzSource"]
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
-class DataError(ValueError):
-    """The data cannot be read as configured; the message says what to fix."""
+class Source:
+    """Base of map-style sources: N samples, each readable by index."""
+
+    name: ClassVar[str] = ""
+    streaming: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        keys: list[str],
+        labels: np.ndarray | None = None,
+        class_names: list[str] | None = None,
+        captions: list[str] | None = None,
+        bad: BadFiles | None = None,
+    ):
+        self.keys = keys
+        self.labels = labels
+        self.class_names = class_names
+        self.captions = captions
+        self.bad = bad if bad is not None else BadFiles(total=len(keys))
+        self.sizes: list[tuple[int, int]] | None = None  # (w, h) after EXIF, filled by verify
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @classmethod
+    def open(cls, cfg) -> Source:
+        raise NotImplementedError
+
+    def raw(self, i: int) -> Path | bytes | np.ndarray:
+        """What sample i is read from: a path, encoded bytes or a decoded array."""
+        raise NotImplementedError
+
+    def load(self, i: int, channels: int, max_pixels: int, draft: int | None = None) -> Image.Image:
+        """Sample i decoded and mode-normalized; raises BadImage."""
+        src = self.raw(i)
+        if isinstance(src, np.ndarray):
+            return normalize_mode(Image.fromarray(src), channels)
+        return load_normalized(src, channels, max_pixels, draft)
+
+    def probe(self, i: int, max_pixels: int) -> tuple[tuple[int, int], str]:
+        src = self.raw(i)
+        if isinstance(src, np.ndarray):
+            return (src.shape[1], src.shape[0]), "L" if src.ndim == 2 else "RGB"
+        return probe_image(src, max_pixels)
+
+    def content(self, i: int) -> bytes:
+        src = self.raw(i)
+        if isinstance(src, np.ndarray):
+            return src.tobytes()
+        return src if isinstance(src, bytes) else src.read_bytes()
+
+    def verify(self, cfg) -> None:
+        """Check every sample as `data.verify` says; drop the bad ones and record why."""
+        if cfg.verify == "none":
+            return
+        keep, sizes = [], []
+        for i in range(len(self)):
+            try:
+                if cfg.verify == "full":
+                    img = self.load(i, cfg.channels, cfg.max_pixels)
+                    size = img.size
+                else:
+                    size, _ = self.probe(i, cfg.max_pixels)
+            except BadImage as err:
+                self.bad.add(self.keys[i], err.reason, err.detail)
+                continue
+            keep.append(i)
+            sizes.append(size)
+        self.select(keep)
+        self.sizes = sizes
+
+    def select(self, keep: list[int]) -> None:
+        """Keep only these samples (in this order); subclasses narrow their own arrays too."""
+        self.keys = [self.keys[i] for i in keep]
+        if self.labels is not None:
+            self.labels = self.labels[np.asarray(keep, dtype=np.int64)]
+        if self.captions is not None:
+            self.captions = [self.captions[i] for i in keep]
+        if self.sizes is not None:
+            self.sizes = [self.sizes[i] for i in keep]
 
 
-@dataclass
-class RawData:
-    """Images as PIL objects or an array N×H×W[×C] of uint8, plus labels and class names."""
+class ArraySource(Source):
+    """Decoded uint8 arrays N×H×W[×C] already in memory (IDX, npz, digits): nothing can be bad."""
 
-    images: list | np.ndarray
-    labels: np.ndarray | None = None
-    class_names: list[str] | None = None
-    skipped: dict[str, list[str]] = field(default_factory=dict)  # reason -> files
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray | None,
+        class_names: list[str] | None,
+        where: str,
+    ):
+        super().__init__([f"{where}[{i}]" for i in range(len(images))], labels, class_names)
+        self.images = images
+        self.sizes = [(images.shape[2], images.shape[1])] * len(images)
+
+    def raw(self, i: int) -> np.ndarray:
+        return self.images[i]
+
+    def verify(self, cfg) -> None:
+        pass  # arrays were decoded when read
+
+    def select(self, keep: list[int]) -> None:
+        super().select(keep)
+        self.images = self.images[np.asarray(keep, dtype=np.int64)]
 
 
 def _open_idx(path: Path) -> bytes:
@@ -46,9 +149,17 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 FASHION_MNIST_CLASSES = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-]  # fmt: skip
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 
 
 def _find(directory: Path, stem: str) -> Path:
@@ -58,68 +169,56 @@ def _find(directory: Path, stem: str) -> Path:
     raise DataError(f"{directory}: missing {stem}[.gz]; point data.path at the IDX directory")
 
 
-def load_idx(path: Path, split: str) -> RawData:
+class IdxSource(ArraySource):
     """MNIST/Fashion-MNIST IDX files in a directory (train-* or t10k-*)."""
-    prefix = "train" if split == "train" else "t10k"
-    images = read_idx(_find(path, f"{prefix}-images-idx3-ubyte"))
-    labels = read_idx(_find(path, f"{prefix}-labels-idx1-ubyte")).astype(np.int64)
-    if len(images) != len(labels):
-        raise DataError(f"{path}: {len(images)} images but {len(labels)} labels")
-    names = FASHION_MNIST_CLASSES if "fashion" in str(path).lower() else [str(i) for i in range(10)]
-    return RawData(images, labels, names)
+
+    name = "idx"
+
+    @classmethod
+    def open(cls, cfg) -> IdxSource:
+        path = Path(cfg.path)
+        prefix = "train" if cfg.split == "train" else "t10k"
+        images = read_idx(_find(path, f"{prefix}-images-idx3-ubyte"))
+        labels = read_idx(_find(path, f"{prefix}-labels-idx1-ubyte")).astype(np.int64)
+        if len(images) != len(labels):
+            raise DataError(f"{path}: {len(images)} images but {len(labels)} labels")
+        fashion = "fashion" in str(path).lower()
+        names = FASHION_MNIST_CLASSES if fashion else [str(i) for i in range(10)]
+        return cls(images, labels, names, str(path / prefix))
 
 
-def load_digits_source() -> RawData:
+class DigitsSource(ArraySource):
     """scikit-learn's bundled 8×8 handwritten digits (1,797 images, 17 gray levels)."""
-    from sklearn.datasets import load_digits
 
-    d = load_digits()
-    images = np.round(d.images / 16.0 * 255.0).astype(np.uint8)
-    return RawData(images, d.target.astype(np.int64), [str(i) for i in range(10)])
+    name = "digits"
+
+    @classmethod
+    def open(cls, cfg) -> DigitsSource:
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        images = np.round(d.images / 16.0 * 255.0).astype(np.uint8)
+        return cls(images, d.target.astype(np.int64), [str(i) for i in range(10)], "digits")
 
 
-def load_npz(path: Path) -> RawData:
+class NpzSource(ArraySource):
     """An .npz with `images` (N×H×W or N×H×W×C, uint8 or float in [0,1]) and optional `labels`."""
-    with np.load(path, allow_pickle=False) as z:
-        if "images" not in z:
-            raise DataError(f"{path}: no 'images' array (found: {', '.join(z.files)})")
-        images = z["images"]
-        labels = z["labels"].astype(np.int64) if "labels" in z else None
-    if images.dtype != np.uint8:
-        if images.max() > 1.0 or images.min() < 0.0:
-            raise DataError(f"{path}: float images must lie in [0, 1] (or store uint8)")
-        images = np.round(images * 255).astype(np.uint8)
-    names = [str(i) for i in range(int(labels.max()) + 1)] if labels is not None else None
-    return RawData(images, labels, names)
 
+    name = "npz"
 
-def _iter_image_files(root: Path) -> Iterator[Path]:
-    for p in sorted(root.rglob("*")):
-        if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."):
-            yield p
-
-
-def load_folder(path: Path) -> RawData:
-    """Images under a folder; the first sub-folder name is the class when there are sub-folders."""
-    files = list(_iter_image_files(path))
-    if not files:
-        raise DataError(f"{path}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
-    classes = sorted({f.relative_to(path).parts[0] for f in files if len(f.relative_to(path).parts) > 1})
-    images, labels, skipped = [], [], {}
-    for f in files:
-        try:
-            with Image.open(f) as im:
-                im.load()
-                images.append(im.copy())
-        except (UnidentifiedImageError, OSError, ValueError) as err:
-            skipped.setdefault(type(err).__name__, []).append(str(f))
-            continue
-        parts = f.relative_to(path).parts
-        labels.append(classes.index(parts[0]) if len(parts) > 1 else -1)
-    has_labels = classes and all(label >= 0 for label in labels)
-    return RawData(
-        images,
-        np.asarray(labels, dtype=np.int64) if has_labels else None,
-        classes if has_labels else None,
-        skipped,
-    )
+    @classmethod
+    def open(cls, cfg) -> NpzSource:
+        path = Path(cfg.path)
+        with np.load(path, allow_pickle=False) as z:
+            if "images" not in z:
+                raise DataError(f"{path}: no 'images' array (found: {', '.join(z.files)})")
+            images = z["images"]
+            labels = z["labels"].astype(np.int64) if "labels" in z else None
+        if images.dtype != np.uint8:
+            if images.max() > 1.0 or images.min() < 0.0:
+                raise DataError(f"{path}: float images must lie in [0, 1] (or store uint8)")
+            images = np.round(images * 255).astype(np.uint8)
+        if images.ndim == 4 and images.shape[-1] == 1:
+            images = images[..., 0]
+        names = [str(i) for i in range(int(labels.max()) + 1)] if labels is not None else None
+        return cls(images, labels, names, str(path))

@@ -6,8 +6,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from difftrain.diffusion.loss import denoising_loss, randn_on, training_noise
+from difftrain.diffusion.precond import Preconditioned
+from difftrain.diffusion.weighting import Weighting
 
-class EDMPrecond(nn.Module):
+
+class EDMPrecond(Preconditioned):
     """Wrap a backbone F(x_in, c_noise, cond) into the denoiser D(x, sigma, cond) -> x0_hat.
 
     D(x; σ) = c_skip(σ)·x + c_out(σ)·F(c_in(σ)·x; c_noise(σ)), Table 1 of Karras et al. 2022.
@@ -15,8 +19,7 @@ class EDMPrecond(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, sigma_data: float = 0.5):
-        super().__init__()
-        self.backbone = backbone
+        super().__init__(backbone)
         self.sigma_data = sigma_data
 
     def coefficients(self, sigma: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -28,26 +31,29 @@ class EDMPrecond(nn.Module):
         c_noise = sigma.log() / 4
         return c_skip, c_out, c_in, c_noise
 
-    def forward(
-        self, x: torch.Tensor, sigma: torch.Tensor | float, cond: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        x = x.float()
-        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1)
-        sigma = sigma.expand(x.shape[0]) if sigma.numel() == 1 else sigma
-        c_skip, c_out, c_in, c_noise = (c.view(-1, 1, 1, 1) for c in self.coefficients(sigma))
-        f = self.backbone(c_in * x, c_noise.flatten(), cond)
-        return c_skip * x + c_out * f.float()
-
 
 class EDMLoss:
-    """Per-example EDM loss: σ ~ exp(N(P_mean, P_std²)), weighted by λ(σ) = (σ²+σ_d²)/(σ·σ_d)²."""
+    """Per-example EDM loss: σ ~ exp(N(P_mean, P_std²)), weighted by λ(σ) = (σ²+σ_d²)/(σ·σ_d)².
 
-    def __init__(self, p_mean: float = -1.2, p_std: float = 1.2, sigma_data: float = 0.5):
+    λ(σ) is the native ("uniform") weight; another `Weighting` replaces it. `offset_noise` adds
+    a per-channel constant to the noise (Guttenberg 2023).
+    """
+
+    def __init__(
+        self,
+        p_mean: float = -1.2,
+        p_std: float = 1.2,
+        sigma_data: float = 0.5,
+        weighting: Weighting | None = None,
+        offset_noise: float = 0.0,
+    ):
         self.p_mean, self.p_std, self.sigma_data = p_mean, p_std, sigma_data
+        self.weighting = weighting or Weighting("uniform")
+        self.offset_noise = offset_noise
 
     def sample_sigma(self, n: int, generator: torch.Generator | None, device) -> torch.Tensor:
         """Log-normal σ for n examples."""
-        z = torch.randn(n, generator=generator, device=device)
+        z = randn_on((n,), generator, device)
         return (z * self.p_std + self.p_mean).exp()
 
     def weight(self, sigma: torch.Tensor) -> torch.Tensor:
@@ -62,7 +68,6 @@ class EDMLoss:
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         sigma = self.sample_sigma(x0.shape[0], generator, x0.device)
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device) * sigma.view(-1, 1, 1, 1)
-        denoised = denoiser(x0 + noise, sigma, cond)
-        per_pixel = (denoised - x0.float()) ** 2
-        return self.weight(sigma) * per_pixel.flatten(1).mean(1)
+        noise = training_noise(x0, generator, self.offset_noise)
+        w = self.weighting(sigma, self.weight(sigma))
+        return denoising_loss(denoiser, x0, sigma, noise, cond, w, self.weighting.learned)

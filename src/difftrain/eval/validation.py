@@ -9,7 +9,10 @@ import torch
 
 def sigma_grid(sigma_min: float = 0.01, sigma_max: float = 20.0, n: int = 8) -> list[float]:
     """Log-spaced σ values covering the range where the loss carries information."""
-    return [math.exp(math.log(sigma_min) + i * (math.log(sigma_max) - math.log(sigma_min)) / (n - 1)) for i in range(n)]
+    return [
+        math.exp(math.log(sigma_min) + i * (math.log(sigma_max) - math.log(sigma_min)) / (n - 1))
+        for i in range(n)
+    ]
 
 
 @torch.no_grad()

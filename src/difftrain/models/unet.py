@@ -23,6 +23,7 @@ class UNetBackbone(nn.Module):
         channels: int,
         num_classes: int | None = None,
         dropout: float = 0.0,
+        out_channels: int | None = None,
     ):
         super().__init__()
         n = len(preset.block_out_channels)
@@ -34,7 +35,7 @@ class UNetBackbone(nn.Module):
         self.config = {
             "sample_size": resolution,
             "in_channels": channels,
-            "out_channels": channels,
+            "out_channels": out_channels or channels,  # 2x for a learned variance (IDDPM)
             "block_out_channels": tuple(preset.block_out_channels),
             "layers_per_block": preset.layers_per_block,
             "down_block_types": tuple("AttnDownBlock2D" if i in attn else "DownBlock2D" for i in range(n)),

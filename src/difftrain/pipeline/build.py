@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
+import torch
+from torch import nn
+
 from difftrain.config import Config, ConfigError
-from difftrain.diffusion import EDMLoss, EDMPrecond
+from difftrain.data.checks import check_data
+from difftrain.diffusion import (
+    EDMLoss,
+    EDMPrecond,
+    FlowLoss,
+    FlowPrecond,
+    IDDPMLoss,
+    IDDPMPrecond,
+    VPLoss,
+    VPPrecond,
+    Weighting,
+    WithLogVar,
+    make_alphas_cumprod,
+    vp_sigmas,
+)
 from difftrain.models import PRESETS, UNetBackbone, resolve_preset
+from difftrain.samplers import flow_sigmas, karras_sigmas, training_sigmas, uniform_sigmas
 
 
 def check_config(cfg: Config) -> None:
@@ -34,33 +52,108 @@ def check_config(cfg: Config) -> None:
             f"model.block_out_channels = {list(preset.block_out_channels)}: each must be a "
             f"multiple of {groups} (the preset's group-norm groups)"
         )
-    if cfg.data.source != "digits":
-        if cfg.data.path is None:
-            raise ConfigError(f"data.path is required for data.source = {cfg.data.source!r}")
-        if not cfg.data.path.exists():
-            raise ConfigError(
-                f"data.path = '{cfg.data.path}': does not exist (source {cfg.data.source!r}); "
-                "set data.path to an existing folder or file"
-            )
-    if cfg.data.source == "npz" and cfg.data.path.is_dir():
-        raise ConfigError(f"data.path = '{cfg.data.path}': source 'npz' needs an .npz file")
-    if cfg.data.source in ("folder", "idx") and not cfg.data.path.is_dir():
-        raise ConfigError(f"data.path = '{cfg.data.path}': source {cfg.data.source!r} needs a directory")
+    check_data(cfg.data, factor)
+    check_schedule(cfg.diffusion.objective, cfg.sample.schedule)
 
 
-def build_denoiser(cfg: Config, num_classes: int | None) -> EDMPrecond:
+def vp_alphas_cumprod(cfg: Config) -> torch.Tensor:
+    """ᾱ_t of the configured VP schedule (objectives vp and iddpm)."""
+    d = cfg.diffusion
+    return make_alphas_cumprod(
+        d.beta_schedule, d.num_train_timesteps, d.beta_start, d.beta_end, d.zero_terminal_snr
+    )
+
+
+def build_denoiser(cfg: Config, num_classes: int | None) -> nn.Module:
     """The backbone wrapped in its preconditioning: the D(x, sigma, cond) the rest sees."""
     preset = resolve_preset(
         cfg.model.preset, cfg.model.block_out_channels, cfg.model.layers_per_block,
         cfg.model.attention_levels,
     )  # fmt: skip
-    backbone = UNetBackbone(
-        preset, cfg.data.resolution, cfg.data.channels, num_classes, cfg.model.dropout
-    )
-    return EDMPrecond(backbone, sigma_data=cfg.diffusion.sigma_data)
-
-
-def build_objective(cfg: Config) -> EDMLoss:
-    """The training loss named by diffusion.objective."""
     d = cfg.diffusion
-    return EDMLoss(p_mean=d.p_mean, p_std=d.p_std, sigma_data=d.sigma_data)
+    out_channels = 2 * cfg.data.channels if d.objective == "iddpm" else cfg.data.channels
+    backbone = UNetBackbone(
+        preset, cfg.data.resolution, cfg.data.channels, num_classes, cfg.model.dropout,
+        out_channels=out_channels,
+    )  # fmt: skip
+    prediction = d.prediction or "eps"
+    preconds = {
+        "edm": lambda: EDMPrecond(backbone, sigma_data=d.sigma_data),
+        "vp": lambda: VPPrecond(backbone, vp_alphas_cumprod(cfg), prediction),
+        "iddpm": lambda: IDDPMPrecond(backbone, vp_alphas_cumprod(cfg), prediction),
+        "flow": lambda: FlowPrecond(backbone),
+    }
+    denoiser = preconds[d.objective]()
+    return WithLogVar(denoiser) if d.weighting == "learned" else denoiser
+
+
+def build_objective(cfg: Config):
+    """The training loss named by diffusion.objective, with its weighting and offset noise."""
+    d = cfg.diffusion
+    w = Weighting(d.weighting, d.min_snr_gamma, d.sigma_data)
+    prediction = d.prediction or "eps"
+    objectives = {
+        "edm": lambda: EDMLoss(d.p_mean, d.p_std, d.sigma_data, w, d.offset_noise),
+        "vp": lambda: VPLoss(vp_alphas_cumprod(cfg), prediction, w, d.offset_noise),
+        "iddpm": lambda: IDDPMLoss(
+            vp_alphas_cumprod(cfg), prediction, w, d.offset_noise, d.vlb_weight
+        ),
+        "flow": lambda: FlowLoss(d.logit_mean, d.logit_std, w, d.offset_noise),
+    }
+    return objectives[d.objective]()
+
+
+def build_sigmas(cfg: Config, steps: int, schedule: str | None = None) -> torch.Tensor:
+    """The sampling σ schedule (n+1 values ending in 0) for `steps` steps.
+
+    karras: Karras et al. 2022 Eq. 5 over [diffusion.sigma_min, diffusion.sigma_max];
+    uniform: uniform in t over the VP training timesteps ('trailing'), or in flow time;
+    training: all T training timesteps of a VP model (`steps` is ignored).
+    """
+    d, schedule = cfg.diffusion, schedule or cfg.sample.schedule
+    check_schedule(d.objective, schedule)
+    if schedule == "karras":
+        return karras_sigmas(steps, d.sigma_min, d.sigma_max, cfg.sample.rho)
+    if d.objective == "flow":
+        return flow_sigmas(steps, d.sigma_max)
+    table = vp_sigmas(vp_alphas_cumprod(cfg))
+    return uniform_sigmas(table, steps) if schedule == "uniform" else training_sigmas(table)
+
+
+def sampler_options(sampler: str, eta: float | None = None, s_churn: float | None = None) -> dict:
+    """Keyword options for the named sampler; an option it does not take is a ConfigError."""
+    if eta is not None and eta != 0.0 and sampler != "ddim":
+        raise ConfigError(f"eta = {eta} is only used by the 'ddim' sampler, not {sampler!r}")
+    if s_churn is not None and sampler != "edm-stochastic":
+        raise ConfigError(f"s_churn = {s_churn} is only used by 'edm-stochastic', not {sampler!r}")
+    if sampler == "ddim":
+        return {"eta": eta or 0.0}
+    if sampler == "edm-stochastic" and s_churn is not None:
+        return {"s_churn": s_churn}
+    return {}
+
+
+def sampling_kwargs(cfg: Config, steps: int | None = None) -> dict:
+    """`generate` keywords for the configured sampler: name, sigmas, options, guidance interval."""
+    sc = cfg.sample
+    return {
+        "sampler": sc.sampler,
+        "sigmas": build_sigmas(cfg, steps or sc.steps),
+        "sampler_options": sampler_options(
+            sc.sampler, sc.eta, sc.s_churn if sc.sampler == "edm-stochastic" else None
+        ),
+        "guidance_interval": sc.guidance_interval,
+    }
+
+
+def check_schedule(objective: str, schedule: str) -> None:
+    """A schedule the objective defines: 'uniform' needs timesteps, 'training' discrete ones."""
+    allowed = {"karras": ("edm", "vp", "iddpm", "flow"), "uniform": ("vp", "iddpm", "flow"),
+               "training": ("vp", "iddpm")}  # fmt: skip
+    if schedule not in allowed:
+        raise ConfigError(f"sample.schedule = {schedule!r}: allowed {', '.join(allowed)}")
+    if objective not in allowed[schedule]:
+        raise ConfigError(
+            f"sample.schedule = {schedule!r} needs diffusion.objective "
+            f"{' or '.join(allowed[schedule])} (it is {objective!r}); use sample.schedule=karras"
+        )

@@ -6,6 +6,7 @@ then renamed, so a reader never sees a partial one. `manifest.json` holds each f
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -72,10 +73,21 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class DiskFullError(CheckpointError):
+    """No space left while writing; the previous checkpoints are untouched."""
+
+
 def write_checkpoint(
-    ckpt_root: Path, step: int, tensors: dict[str, dict[str, torch.Tensor]], state: dict
+    ckpt_root: Path,
+    step: int,
+    tensors: dict[str, dict[str, torch.Tensor]],
+    state: dict,
+    after_each_file=None,
 ) -> Path:
-    """Write {name}.safetensors for each tensor group plus state.json, atomically. Returns the dir."""
+    """Write {name}.safetensors for each tensor group plus state.json, atomically. Returns the dir.
+
+    `after_each_file(path)` is called after each file is written (used to test a kill mid-write).
+    """
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step-{step:07d}"
     tmp = ckpt_root / f".tmp-step-{step:07d}-{os.getpid()}"
@@ -84,6 +96,8 @@ def write_checkpoint(
     try:
         for name, group in tensors.items():
             save_file({k: v.detach().cpu().contiguous() for k, v in group.items()}, tmp / f"{name}.safetensors")
+            if after_each_file is not None:
+                after_each_file(tmp / f"{name}.safetensors")
         (tmp / "state.json").write_text(json.dumps(state, indent=1))
         files = sorted(p.name for p in tmp.iterdir())
         for name in files:
@@ -98,6 +112,16 @@ def write_checkpoint(
             shutil.rmtree(final)
         os.replace(tmp, final)
         _fsync_dir(ckpt_root)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            prev = list_checkpoints(ckpt_root)
+            raise DiskFullError(
+                f"disk full while writing checkpoint step {step} under {ckpt_root}; "
+                f"{'the previous checkpoint ' + prev[-1].name + ' is intact' if prev else 'no earlier checkpoint'}. "
+                "Free space (or move train.run_dir), then run again with --resume"
+            ) from None
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -146,7 +170,8 @@ def read_checkpoint(path: Path, groups: list[str]) -> tuple[dict[str, dict[str, 
     return tensors, json.loads((path / "state.json").read_text())
 
 
-def prune_checkpoints(ckpt_root: Path, keep: int) -> None:
-    """Delete all but the newest `keep` checkpoints."""
+def prune_checkpoints(ckpt_root: Path, keep: int, protect: set[str] = frozenset()) -> None:
+    """Delete all but the newest `keep` checkpoints and those named in `protect` (the best)."""
     for path in list_checkpoints(ckpt_root)[:-keep]:
-        shutil.rmtree(path, ignore_errors=True)
+        if path.name not in protect:
+            shutil.rmtree(path, ignore_errors=True)

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from difftrain.samplers import SAMPLERS, CFGDenoiser, karras_sigmas, randn, sample_generators
+from difftrain.samplers import (
+    SAMPLERS,
+    CFGDenoiser,
+    karras_sigmas,
+    randn,
+    sample_generators,
+    sample_img2img,
+    sample_inpaint,
+)
 
 
 def default_labels(num: int, num_classes: int | None) -> torch.Tensor | None:
@@ -39,24 +48,87 @@ def generate(
     device: str | torch.device = "cpu",
     first_index: int = 0,
     callback: Callable[[int], None] | None = None,
+    sigmas: torch.Tensor | None = None,
+    sampler_options: dict | None = None,
+    guidance_interval: tuple[float, float] | None = None,
+    init_images: torch.Tensor | None = None,
+    strength: float = 1.0,
+    mask: torch.Tensor | None = None,
+    resample: int = 1,
 ) -> torch.Tensor:
-    """Generate `num` images in [-1, 1] (float32, N×C×H×W on the CPU)."""
+    """Generate `num` images in [-1, 1] (float32, N×C×H×W on the CPU).
+
+    `sigmas` (n+1 values ending in 0) overrides the Karras schedule built from steps, sigma_min,
+    sigma_max and rho; `sampler_options` go to the sampler (e.g. eta, s_churn).
+    With `init_images` (C×H×W or num×C×H×W in [-1, 1]) this is img2img (SDEdit) at `strength`
+    (0 returns the input); with `mask` too (1 = generate, 0 = keep; broadcastable) it inpaints,
+    keeping the masked-out pixels exactly, with RePaint `resample` > 1 repeats per step.
+    """
     if guidance != 1.0 and (labels is None or null_class is None):
         raise ValueError("guidance needs a class-conditional model and labels")
+    if mask is not None and init_images is None:
+        raise ValueError("inpainting needs init_images (the known pixels) along with the mask")
     sample_fn = SAMPLERS[sampler]
-    sigmas = karras_sigmas(steps, sigma_min, sigma_max, rho).to(device)
-    den = CFGDenoiser(denoiser, guidance, null_class) if null_class is not None else denoiser
+    if sigmas is None:
+        sigmas = karras_sigmas(steps, sigma_min, sigma_max, rho)
+    sigmas = sigmas.to(device)
+    den = denoiser
+    if null_class is not None:
+        den = CFGDenoiser(denoiser, guidance, null_class, interval=guidance_interval)
+    options = dict(sampler_options or {})
     out = []
     for start in range(0, num, batch_size):
         idx = range(first_index + start, first_index + min(start + batch_size, num))
         gens = sample_generators(seed, idx, device="cpu")
-        x_T = randn((len(idx), *shape), gens).to(device) * sigmas[0]
+        noise = randn((len(idx), *shape), gens).to(device)
         cond = None if labels is None else labels[start : start + len(idx)].to(device)
-        x0 = sample_fn(den, x_T, sigmas, cond=cond, generator=gens)
+        if init_images is None:
+            x0 = sample_fn(den, noise * sigmas[0], sigmas, cond=cond, generator=gens, **options)
+        else:
+            init = _rows(init_images, start, len(idx), shape).to(device)
+            fn = sample_fn
+            if mask is not None:
+                known, m = init, _rows(mask, start, len(idx), shape).to(device)
+                fn = partial(sample_inpaint, sample_fn, known=known, mask=m, resample=resample)
+            x0 = sample_img2img(fn, den, init, sigmas, noise, strength=strength, cond=cond,
+                                generator=gens, **options)  # fmt: skip
         out.append(x0.float().cpu())
         if callback is not None:
             callback(len(idx))
     return torch.cat(out)
+
+
+def load_image(path: Path, channels: int, resolution: int, resize: str = "crop") -> torch.Tensor:
+    """An image file as a C×H×W float tensor in [-1, 1] at the model's resolution."""
+    from difftrain.data.transforms import fit_square, pil_to_uint8, to_mode, to_model_range
+
+    with Image.open(path) as img:
+        img = fit_square(to_mode(img, channels), resolution, resize)
+        return to_model_range(torch.from_numpy(pil_to_uint8(img).copy()))
+
+
+def load_mask(path: Path, resolution: int, resize: str = "crop") -> torch.Tensor:
+    """A mask image as 1×1×H×W in {0, 1}: white (≥ 128) = generate, black = keep."""
+    from difftrain.data.transforms import to_mode
+
+    with Image.open(path) as img:
+        img = to_mode(img, 1)
+        w, h = img.size
+        if resize == "crop" and w != h:  # same geometry as fit_square, without interpolation
+            side = min(w, h)
+            img = img.crop(((w - side) // 2, (h - side) // 2, (w + side) // 2, (h + side) // 2))
+        img = img.resize((resolution, resolution), Image.Resampling.NEAREST)
+        arr = np.asarray(img, dtype=np.uint8)
+    return torch.from_numpy((arr >= 128).astype(np.float32))[None, None]
+
+
+def _rows(t: torch.Tensor, start: int, n: int, shape: tuple) -> torch.Tensor:
+    """Rows start..start+n of a per-sample tensor; an unbatched or 1-row one is broadcast."""
+    if t.dim() == len(shape):
+        t = t.unsqueeze(0)
+    if t.shape[0] == 1:
+        return t.expand(n, *t.shape[1:])
+    return t[start : start + n]
 
 
 def make_grid(images: torch.Tensor, ncols: int | None = None, pad: int = 2) -> np.ndarray:

@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 import torch
 
+from difftrain.samplers.common import prepare
+
 Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 
@@ -25,8 +27,7 @@ def sample_heun(
     applied on every step except the last when it ends at σ = 0 (Algorithm 1, lines 7-9).
     `generator` is unused (the sampler is deterministic); it is accepted for the common signature.
     """
-    x = x_T.float()
-    sigmas = sigmas.to(x.device, torch.float32)
+    x, sigmas = prepare(x_T, sigmas)
     for i in range(len(sigmas) - 1):
         s, s_next = sigmas[i], sigmas[i + 1]
         denoised = denoiser(x, s.expand(x.shape[0]), cond)

@@ -7,7 +7,9 @@ import torch
 Generators = torch.Generator | list[torch.Generator] | None
 
 
-def sample_generators(seed: int, indices, device: str | torch.device = "cpu") -> list[torch.Generator]:
+def sample_generators(
+    seed: int, indices, device: str | torch.device = "cpu"
+) -> list[torch.Generator]:
     """One generator per global sample index, seeded from (seed, index) only."""
     gens = []
     for i in indices:
@@ -23,6 +25,9 @@ def randn(shape, generator: Generators, device=None, dtype=torch.float32) -> tor
     if isinstance(generator, list):
         if len(generator) != shape[0]:
             raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
-        rows = [torch.randn(tuple(shape[1:]), generator=g, device=g.device, dtype=dtype) for g in generator]
+        rows = [
+            torch.randn(tuple(shape[1:]), generator=g, device=g.device, dtype=dtype)
+            for g in generator
+        ]
         return torch.stack(rows).to(device if device is not None else rows[0].device)
     return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)

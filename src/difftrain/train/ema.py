@@ -42,3 +42,41 @@ class EMA:
 
     def load_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
         self.model.load_state_dict(sd)
+
+
+def halflife_group(halflife_kimg: float) -> str:
+    """Checkpoint group (file) name of an extra EMA, e.g. 'ema_hl0.5' → ema_hl0.5.safetensors."""
+    return f"ema_hl{halflife_kimg:g}"
+
+
+class EMABank:
+    """Several classic EMAs at once, one per half-life (kimg); each is an `EMA`.
+
+    Each is its own checkpoint group (`halflife_group`), so `load_run(run, weights=name)` reads it.
+    """
+
+    def __init__(self, model: nn.Module, halflives_kimg: list[float]):
+        self.emas = {halflife_group(h): (h, EMA(model)) for h in halflives_kimg}
+
+    def update(
+        self, model: nn.Module, batch_images: int, images_seen: int, rampup: float | None
+    ) -> None:
+        for halflife, ema in self.emas.values():
+            ema.update(model, ema_beta(batch_images, halflife, images_seen, rampup))
+
+    def to(self, device: torch.device | str) -> EMABank:
+        for _, ema in self.emas.values():
+            ema.model.to(device)
+        return self
+
+    def state_dicts(self) -> dict[str, dict[str, torch.Tensor]]:
+        """{group name: state dict}, ready to merge into write_checkpoint's tensor groups."""
+        return {name: ema.state_dict() for name, (_, ema) in self.emas.items()}
+
+    def load_state_dicts(self, groups: dict[str, dict[str, torch.Tensor]]) -> list[str]:
+        """Load every group present; returns the names that were missing (they keep their init)."""
+        missing = [name for name in self.emas if name not in groups]
+        for name, (_, ema) in self.emas.items():
+            if name in groups:
+                ema.load_state_dict(groups[name])
+        return missing

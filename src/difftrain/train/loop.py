@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-from contextlib import nullcontext
 import math
-import platform
 import time
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -15,7 +14,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from difftrain.config import Config, ConfigError, dump_config
-from difftrain.data import ImageData, load_data, random_hflip, to_model_range, to_uint8
+from difftrain.data import ImageData, random_hflip, to_model_range
 from difftrain.eval.validation import sigma_grid, validation_loss
 from difftrain.pipeline.build import build_denoiser, build_objective, check_config
 from difftrain.pipeline.checkpoint import (
@@ -26,11 +25,34 @@ from difftrain.pipeline.checkpoint import (
     unflatten_state,
     write_checkpoint,
 )
-from difftrain.pipeline.generate import default_labels, generate, make_grid, save_image
-from difftrain.train.ema import EMA, ema_beta
+from difftrain.train.ema import EMA, EMABank, ema_beta
+from difftrain.train.faults import checkpoint_delay, inject_loss, install_activation_faults, parse_faults
+from difftrain.train.guards import SpikeDetector, classify_step, first_nonfinite
 from difftrain.train.metrics import MetricsLogger
 from difftrain.train.optim import build_optimizer, lr_at
+from difftrain.train.posthoc_ema import PowerEMA, save_snapshots, snapshot_due, truncate_snapshots
+from difftrain.train.setup import describe, environment, prepare_data, resolve_precision, write_samples
 from difftrain.train.stream import BatchStream, mix_seed
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many rollbacks; forensics.json in the run directory says where it went wrong."""
+
+
+@dataclass
+class RunState:
+    """Everything besides tensors that a checkpoint must hold to continue exactly (JSON-able)."""
+
+    step: int = 0
+    images_seen: int = 0
+    skipped_steps: int = 0
+    skip_reasons: dict[str, int] = field(default_factory=dict)
+    lr_scale: float = 1.0
+    stream: dict = field(default_factory=lambda: {"epoch": 0, "cursor": 0})
+    loss_window: list[float] = field(default_factory=list)
+    grad_window: list[float] = field(default_factory=list)
+    best: list[list] = field(default_factory=list)  # [[val_loss, step], ...] ascending
+    since_improvement: int = 0
 
 
 @dataclass
@@ -40,259 +62,282 @@ class RunSummary:
     images_seen: int
     final_loss: float
     skipped_steps: int
+    rollbacks: int
+    stopped_early: bool
     seconds: float
-
-
-def resolve_precision(requested: str) -> str:
-    """'auto' → bf16 on a GPU that has it, fp16 on other GPUs, full precision on the CPU."""
-    if requested != "auto":
-        return requested
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "no"
-
-
-def describe(cfg: Config, data: ImageData, val: ImageData, n_params: int) -> dict:
-    """What a dry run prints: sizes and step counts."""
-    steps_per_epoch = len(data) / cfg.train.batch_size
-    return {
-        "train_images": len(data),
-        "val_images": len(val),
-        "num_classes": data.num_classes,
-        "parameters": n_params,
-        "steps_per_epoch": round(steps_per_epoch, 2),
-        "total_steps": cfg.train.max_steps,
-        "epochs": round(cfg.train.max_steps / steps_per_epoch, 2),
-        "skipped_files": {k: len(v) for k, v in data.skipped.items()},
-    }
-
-
-def prepare_data(cfg: Config) -> tuple[ImageData, ImageData]:
-    """Load the configured data and split off the validation set."""
-    full = load_data(cfg.data)
-    return full.split(cfg.data.val_fraction, cfg.train.seed)
-
-
-def write_samples(denoiser, cfg: Config, data: ImageData, path: Path, device) -> None:
-    """A grid of samples from fixed seeds (one row per class when class-conditional)."""
-    num = cfg.sample.num
-    k = data.num_classes
-    if k:
-        num = k * max(1, round(num / k))  # whole rows per class
-    images = generate(
-        denoiser,
-        num=num,
-        shape=(cfg.data.channels, cfg.data.resolution, cfg.data.resolution),
-        seed=cfg.sample.seed,
-        labels=default_labels(num, k),
-        null_class=k,
-        steps=cfg.sample.steps,
-        guidance=cfg.sample.guidance,
-        sigma_min=cfg.diffusion.sigma_min,
-        sigma_max=cfg.diffusion.sigma_max,
-        rho=cfg.sample.rho,
-        device=device,
-    )
-    ncols = num // k if k else None
-    save_image(make_grid(to_uint8(images), ncols), path, min_side=256)
 
 
 def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummary | dict:
     """Train as configured. With dry_run, return the description without training."""
     # ---- Setup: check the config, open the run directory, start accelerate ----
     check_config(cfg)
-    run_dir = Path(cfg.train.run_dir)
-    precision = resolve_precision(cfg.train.mixed_precision)
+    tc = cfg.train
+    run_dir = Path(tc.run_dir)
+    precision = resolve_precision(tc.mixed_precision)
     acc = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
     world, rank = acc.num_processes, acc.process_index
-    micro = cfg.train.batch_size // cfg.train.grad_accum
+    micro = tc.batch_size // tc.grad_accum
     if micro % world:
         raise ConfigError(
             f"train.batch_size / train.grad_accum = {micro} must be divisible by the "
             f"{world} processes; change train.batch_size"
         )
     per_proc = micro // world
+    faults = parse_faults()
 
     # ---- Data: in-memory images at the training resolution, seeded split ----
-    data, val = prepare_data(cfg)
-    if len(data) < cfg.train.batch_size:
+    data, val = prepare_data(cfg, run_dir if acc.is_main_process else None)
+    if len(data) < tc.batch_size:
         raise ConfigError(
-            f"train.batch_size = {cfg.train.batch_size} exceeds the {len(data)} training images; "
+            f"train.batch_size = {tc.batch_size} exceeds the {len(data)} training images; "
             "lower train.batch_size or data.val_fraction"
         )
 
     # ---- Model, objective, optimizer, EMA ----
-    torch.manual_seed(cfg.train.seed)  # weight init depends on the seed only
+    torch.manual_seed(tc.seed)  # weight init depends on the seed only
     denoiser = build_denoiser(cfg, data.num_classes)
-    n_params = sum(p.numel() for p in denoiser.parameters())
     if dry_run:
-        return describe(cfg, data, val, n_params)
+        return describe(cfg, data, val, sum(p.numel() for p in denoiser.parameters()))
     objective = build_objective(cfg)
     optimizer = build_optimizer(denoiser.parameters(), cfg.optim)
     ema = EMA(denoiser)
+    st = RunState()
+    ckpt_root = run_dir / "checkpoints"
+
+    def restore(path: Path) -> None:
+        """Load weights, EMA, optimizer and run state from a checkpoint (resume and rollback)."""
+        nonlocal st
+        tensors, state = read_checkpoint(path, ["model", "ema", "optimizer", "posthoc_ema", *bank.emas])
+        acc.unwrap_model(denoiser).load_state_dict(tensors["model"])
+        ema.load_state_dict(tensors["ema"])
+        optimizer.load_state_dict(unflatten_state(state["optimizer"], tensors["optimizer"]))
+        st = RunState(**state["run"])
+        bank.load_state_dicts(tensors)
+        if pema is not None and "posthoc_ema" in tensors:
+            pema.load_state_dict(tensors["posthoc_ema"])
+        if pema is not None and acc.is_main_process:
+            truncate_snapshots(run_dir, st.step)  # later snapshots belong to an abandoned path
 
     # ---- Resume: weights, EMA, optimizer, counters and stream position ----
-    step, images_seen, skipped = 0, 0, 0
-    stream_state = {"epoch": 0, "cursor": 0}
-    ckpt_root = run_dir / "checkpoints"
     start_ckpt = latest_good_checkpoint(ckpt_root) if resume else None
     if resume and start_ckpt is None:
         acc.print(f"--resume: no checkpoint in {ckpt_root}; starting from step 0")
-    if start_ckpt is not None:
-        tensors, state = read_checkpoint(start_ckpt, ["model", "ema", "optimizer"])
-        denoiser.load_state_dict(tensors["model"])
-        ema.load_state_dict(tensors["ema"])
-        optimizer.load_state_dict(unflatten_state(state["optimizer"], tensors["optimizer"]))
-        step, images_seen, skipped = state["step"], state["images_seen"], state["skipped_steps"]
-        stream_state = state["stream"]
-        acc.print(f"resumed from {start_ckpt} at step {step}")
-    elif not resume and ckpt_root.exists() and any(ckpt_root.iterdir()):
+    if not resume and ckpt_root.exists() and any(ckpt_root.iterdir()):
         raise ConfigError(
             f"{run_dir} already holds checkpoints: pass --resume to continue it, or set "
             "train.run_dir to a new directory"
         )
     denoiser, optimizer = acc.prepare(denoiser, optimizer)
     ema.model.to(acc.device)
+    # Extra classic EMAs and the power-function EMAs whose snapshots allow post-hoc EMA (EDM2).
+    bank = EMABank(acc.unwrap_model(denoiser), tc.ema_halflives_kimg)
+    pema = PowerEMA(acc.unwrap_model(denoiser), tc.posthoc_ema_sigma_rels) if tc.posthoc_ema_sigma_rels else None
+    if start_ckpt is not None:
+        restore(start_ckpt)
+        acc.print(f"resumed from {start_ckpt} at step {st.step}")
+    install_activation_faults(faults, acc.unwrap_model(denoiser), lambda: st.step)
 
     if acc.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(dump_config(cfg))
         (run_dir / "environment.json").write_text(json.dumps(environment(precision, world), indent=1))
     logger = MetricsLogger(run_dir, cfg.logging.tensorboard, enabled=acc.is_main_process)
-    logger.truncate_after(step)
-    stream = BatchStream(len(data), cfg.train.seed, **stream_state)
-    val_x = to_model_range(val.images)
+    logger.truncate_after(st.step)
+    stream = BatchStream(len(data), tc.seed, **st.stream)
+    loss_spikes = SpikeDetector(tc.spike_window, tc.spike_factor)
+    grad_spikes = SpikeDetector(tc.spike_window, tc.spike_factor)
+    loss_spikes.load(st.loss_window)
+    grad_spikes.load(st.grad_window)
+    val_n = min(len(val), 512)  # bounded cost per validation
+    val_x, val_y = to_model_range(val.images[:val_n]), None if val.labels is None else val.labels[:val_n]
     val_sigmas = sigma_grid(n=8)
 
-    def save(step: int) -> None:
+    def save() -> None:
         # Checkpoint: model and EMA as safetensors; optimizer flattened; the rest JSON.
         if not acc.is_main_process:
             return
+        st.stream, st.loss_window, st.grad_window = stream.state(), loss_spikes.state(), grad_spikes.state()
         opt_tensors, opt_skeleton = flatten_state(optimizer.state_dict())
         state = {
-            "step": step,
-            "images_seen": images_seen,
-            "skipped_steps": skipped,
-            "stream": stream.state(),
+            "step": st.step,
+            "run": asdict(st),
             "optimizer": opt_skeleton,
             "data": {"num_classes": data.num_classes, "class_names": data.class_names},
         }
-        tensors = {
-            "model": acc.unwrap_model(denoiser).state_dict(),
-            "ema": ema.state_dict(),
-            "optimizer": opt_tensors,
+        tensors = {"model": acc.unwrap_model(denoiser).state_dict(), "ema": ema.state_dict(), "optimizer": opt_tensors}
+        tensors.update(bank.state_dicts(), **({"posthoc_ema": pema.state_dict()} if pema is not None else {}))
+        delay = checkpoint_delay(faults)
+        write_checkpoint(ckpt_root, st.step, tensors, state, (lambda _p: time.sleep(delay)) if delay else None)
+        best = {f"step-{s:07d}" for _v, s in st.best}
+        prune_checkpoints(ckpt_root, tc.keep_checkpoints, protect=best)
+        (ckpt_root / "best.json").write_text(json.dumps(
+            {"metric": "val/loss", "best": [{"step": s, "value": v, "checkpoint": f"step-{s:07d}"} for v, s in st.best]},
+            indent=1))  # fmt: skip
+
+    def make_batch(step: int, idx: torch.Tensor, gen: torch.Generator):
+        """Images in [-1, 1] and labels for dataset indices, augmented and label-dropped by `gen`."""
+        x = to_model_range(data.images[idx])
+        if cfg.data.hflip:
+            x = random_hflip(x, gen)
+        cond = None
+        if data.labels is not None:
+            cond = data.labels[idx].clone()
+            cond[torch.rand(len(idx), generator=gen) < tc.label_dropout] = data.num_classes  # null class
+            cond = cond.to(acc.device)
+        return x.to(acc.device), cond
+
+    def step_generators(step: int) -> torch.Generator:
+        # Randomness of a step is a function of (seed, step, rank): resume needs no RNG state.
+        torch.manual_seed(mix_seed(tc.seed, step, rank, 1))  # dropout
+        return torch.Generator().manual_seed(mix_seed(tc.seed, step, rank, 2))
+
+    def forensics(step: int, idx: torch.Tensor) -> dict:
+        """Replay the first micro-batch of a bad step with hooks; write forensics.json."""
+        gen = step_generators(step)
+        x, cond = make_batch(step, idx, gen)
+
+        def forward_backward() -> float:
+            with acc.autocast():
+                loss = inject_loss(faults, step, objective(denoiser, x, cond, gen).mean())
+            loss.backward()
+            return loss.item()
+
+        ids = getattr(data, "ids", None)
+        report = {
+            "step": step + 1,
+            "sample_ids": [int(ids[i]) if ids is not None else int(i) for i in idx],
+            "sample_files": [data.files[i] for i in idx] if getattr(data, "files", None) else None,
+            **first_nonfinite(acc.unwrap_model(denoiser), forward_backward),
+            "lr_scale": st.lr_scale,
+            "skip_reasons": st.skip_reasons,
         }
-        write_checkpoint(ckpt_root, step, tensors, state)
-        prune_checkpoints(ckpt_root, cfg.train.keep_checkpoints)
+        if acc.is_main_process:
+            (run_dir / "forensics.json").write_text(json.dumps(report, indent=1))
+        return report
+
+    if st.step == 0 and start_ckpt is None:
+        save()  # a step-0 checkpoint: a rollback target from the very first step
 
     # ---- The loop ----
     t_start = time.time()
     t_log, imgs_log = time.time(), 0
-    bar = tqdm(total=cfg.train.max_steps, initial=step, disable=not (cfg.logging.progress and acc.is_main_process),
+    bar = tqdm(total=tc.max_steps, initial=st.step, disable=not (cfg.logging.progress and acc.is_main_process),
                desc="train", dynamic_ncols=True)  # fmt: skip
-    loss_value = float("nan")
+    loss_value, bad_streak, rollbacks, stopped_early = float("nan"), 0, 0, False
     denoiser.train()
-    while step < cfg.train.max_steps:
-        # Randomness of this step is a function of (seed, step, rank): resume needs no RNG state.
-        torch.manual_seed(mix_seed(cfg.train.seed, step, rank, 1))
-        gen = torch.Generator(device="cpu").manual_seed(mix_seed(cfg.train.seed, step, rank, 2))
-        lr = lr_at(step, cfg.optim, cfg.train.max_steps)
+    while st.step < tc.max_steps:
+        gen = step_generators(st.step)
+        lr = lr_at(st.step, cfg.optim, tc.max_steps) * st.lr_scale
         for group in optimizer.param_groups:
             group["lr"] = lr
 
         # Forward/backward over micro-batches; this process takes its slice of each.
-        batch_idx = stream.next(cfg.train.batch_size)
+        batch_idx = stream.next(tc.batch_size)
         loss_sum = torch.zeros((), device=acc.device)
-        for m in range(cfg.train.grad_accum):
+        for m in range(tc.grad_accum):
             idx = batch_idx[m * micro : (m + 1) * micro][rank * per_proc : (rank + 1) * per_proc]
-            x = to_model_range(data.images[idx])
-            if cfg.data.hflip:
-                x = random_hflip(x, gen)
-            cond = None
-            if data.labels is not None:
-                cond = data.labels[idx].clone()
-                drop = torch.rand(len(idx), generator=gen) < cfg.train.label_dropout
-                cond[drop] = data.num_classes  # the null class, for classifier-free guidance
-                cond = cond.to(acc.device)
-            x = x.to(acc.device)
-            last = m == cfg.train.grad_accum - 1
+            x, cond = make_batch(st.step, idx, gen)
+            last = m == tc.grad_accum - 1
             with acc.autocast(), (acc.no_sync(denoiser) if not last else nullcontext()):
-                loss = objective(denoiser, x, cond, gen).mean() / cfg.train.grad_accum
+                loss = objective(denoiser, x, cond, gen).mean() / tc.grad_accum
+                loss = inject_loss(faults, st.step, loss)
                 acc.backward(loss)
             loss_sum += loss.detach()
 
-        # Guard: clip, then skip the update if loss or gradients are not finite.
-        grad_norm = acc.clip_grad_norm_(denoiser.parameters(), cfg.optim.grad_clip or float("inf"))
+        # Guards: clip; skip the update on a non-finite or spiking loss or gradient norm.
+        grad_norm = float(acc.clip_grad_norm_(denoiser.parameters(), cfg.optim.grad_clip or float("inf")))
         loss_value = acc.reduce(loss_sum, reduction="mean").item()
-        finite = math.isfinite(loss_value) and bool(torch.isfinite(grad_norm))
-        if finite:
+        reason = classify_step(loss_value, grad_norm, loss_spikes, grad_spikes)
+        if reason is None:
             optimizer.step()
+            loss_spikes.add(loss_value)
+            grad_spikes.add(grad_norm)
+            bad_streak = 0
         else:
-            skipped += 1
-            acc.print(f"step {step}: non-finite loss/gradient ({loss_value}); update skipped")
+            st.skipped_steps += 1
+            st.skip_reasons[reason] = st.skip_reasons.get(reason, 0) + 1
+            bad_streak += 1
+            logger.log(st.step + 1, {"guard/skipped": 1, "guard/reason": reason, "guard/loss": loss_value,
+                                     "guard/grad_norm": grad_norm})  # fmt: skip
+            acc.print(f"step {st.step + 1}: {reason} (loss {loss_value:.4g}, grad norm {grad_norm:.4g}); update skipped")
         optimizer.zero_grad(set_to_none=True)
 
+        # Rollback after a streak of bad steps: last good checkpoint, lower LR; stop after too many.
+        if bad_streak >= tc.max_bad_steps:
+            bad_idx, bad_step = batch_idx, st.step
+            rollbacks += 1
+            good = latest_good_checkpoint(ckpt_root)
+            if rollbacks > tc.max_rollbacks or good is None:
+                report = forensics(bad_step, bad_idx[:per_proc])
+                raise TrainingDiverged(
+                    f"{bad_streak} bad steps in a row after {rollbacks - 1} rollbacks; first non-finite "
+                    f"activation: {report['first_nonfinite_activation']}; see {run_dir / 'forensics.json'}"
+                )
+            scale = st.lr_scale * tc.rollback_lr_factor
+            restore(good)
+            st.lr_scale = scale
+            stream = BatchStream(len(data), tc.seed, **st.stream)
+            loss_spikes.load(st.loss_window)
+            grad_spikes.load(st.grad_window)
+            bad_streak = 0
+            logger.log(st.step, {"guard/rollback": rollbacks, "guard/lr_scale": scale})
+            acc.print(f"rolled back to {good.name}; LR scale now {scale:g} (rollback {rollbacks}/{tc.max_rollbacks})")
+            bar.n = st.step
+            continue
+
         # EMA: half-life in images, so it does not depend on the batch size.
-        images_seen += cfg.train.batch_size
-        if finite:
-            beta = ema_beta(cfg.train.batch_size, cfg.train.ema_halflife_kimg, images_seen, cfg.train.ema_rampup)
-            ema.update(acc.unwrap_model(denoiser), beta)
-        step += 1
-        imgs_log += cfg.train.batch_size
+        st.images_seen += tc.batch_size
+        if reason is None:
+            ema.update(acc.unwrap_model(denoiser), ema_beta(tc.batch_size, tc.ema_halflife_kimg, st.images_seen, tc.ema_rampup))
+            bank.update(acc.unwrap_model(denoiser), tc.batch_size, st.images_seen, tc.ema_rampup)
+        st.step += 1
+        if pema is not None:  # every step, skipped ones too (the weights were held)
+            pema.update(acc.unwrap_model(denoiser), st.step)
+            if acc.is_main_process and snapshot_due(st.step, tc.posthoc_snapshot_every, tc.max_steps):
+                save_snapshots(run_dir, pema)
+        imgs_log += tc.batch_size
         bar.update(1)
 
         # Log: loss, grad norm, LR, throughput.
-        if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
+        if st.step % tc.log_every == 0 or st.step == tc.max_steps:
             now = time.time()
-            logger.log(step, {
-                "train/loss": loss_value, "train/grad_norm": float(grad_norm), "train/lr": lr,
-                "train/img_per_s": imgs_log / max(now - t_log, 1e-9), "train/images_seen": images_seen,
-                "train/skipped_steps": skipped, "train/epoch": stream.epoch,
+            logger.log(st.step, {
+                "train/loss": loss_value, "train/grad_norm": grad_norm, "train/lr": lr,
+                "train/img_per_s": imgs_log / max(now - t_log, 1e-9), "train/images_seen": st.images_seen,
+                "train/skipped_steps": st.skipped_steps, "train/epoch": stream.epoch,
             })  # fmt: skip
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
             t_log, imgs_log = now, 0
 
-        # Sample grid and validation loss from the EMA weights.
-        at_end = step == cfg.train.max_steps
-        if acc.is_main_process and (step % cfg.train.sample_every == 0 or at_end):
-            write_samples(ema.model, cfg, data, run_dir / "samples" / f"step-{step:07d}.png", acc.device)
-        if acc.is_main_process and len(val) and (step % cfg.train.checkpoint_every == 0 or at_end):
-            logger.log(step, validation_loss(ema.model, val_x, val.labels, val_sigmas,
-                                             cfg.diffusion.sigma_data, seed=cfg.train.seed, device=acc.device))  # fmt: skip
+        # Sample grid from the EMA weights, same seeds every time.
+        at_end = st.step == tc.max_steps
+        if acc.is_main_process and (st.step % tc.sample_every == 0 or at_end):
+            write_samples(ema.model, cfg, data, run_dir / "samples" / f"step-{st.step:07d}.png", acc.device)
 
-        # Checkpoint.
-        if step % cfg.train.checkpoint_every == 0 or at_end:
-            save(step)
+        # Validation at each checkpoint: best-k bookkeeping and early stopping.
+        if st.step % tc.checkpoint_every == 0 or at_end:
+            if acc.is_main_process and val_n:
+                metrics = validation_loss(ema.model, val_x, val_y, val_sigmas, cfg.diffusion.sigma_data,
+                                          seed=tc.seed, device=acc.device)  # fmt: skip
+                logger.log(st.step, metrics)
+                v = metrics["val/loss"]
+                improved = not st.best or v < st.best[0][0] - tc.early_stopping_min_delta
+                st.since_improvement = 0 if improved else st.since_improvement + 1
+                if tc.keep_best:
+                    st.best = sorted([*st.best, [v, st.step]])[: tc.keep_best]
+            stop = tc.early_stopping_patience is not None and st.since_improvement >= tc.early_stopping_patience
+            stop = bool(acc.reduce(torch.tensor(float(stop), device=acc.device), reduction="sum").item())
+            save()
+            if stop:
+                stopped_early = True
+                if pema is not None and acc.is_main_process:
+                    save_snapshots(run_dir, pema)
+                acc.print(f"early stopping at step {st.step}: no val/loss improvement in "
+                          f"{st.since_improvement} validations; best {st.best[0] if st.best else None}")  # fmt: skip
+                break
         acc.wait_for_everyone()
 
     bar.close()
     logger.close()
-    return RunSummary(run_dir, step, images_seen, loss_value, skipped, time.time() - t_start)
-
-
-def environment(precision: str, world: int) -> dict:
-    """Library versions and hardware, recorded in the run directory for reproducibility."""
-    import accelerate
-    import diffusers
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "accelerate": accelerate.__version__,
-        "cuda": torch.cuda.is_available(),
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor(),
-        "mixed_precision": precision,
-        "processes": world,
-        "git_commit": _git_commit(),
-    }
-
-
-def _git_commit() -> str | None:
-    import subprocess
-
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.TimeoutExpired):
-        return None
+    return RunSummary(run_dir, st.step, st.images_seen, loss_value, st.skipped_steps, rollbacks, stopped_early,
+                      time.time() - t_start)  # fmt: skip

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from difftrain.data.order import mix_seed  # one definition, shared with the data loaders
 
-def mix_seed(*parts: int) -> int:
-    """One 63-bit seed from several integers (order matters)."""
-    h = 0x243F6A8885A308D3
-    for p in parts:
-        h = (h ^ (int(p) + 0x9E3779B97F4A7C15 + (h << 6) + (h >> 2))) & 0xFFFFFFFFFFFFFFFF
-    return h % (2**63 - 1)
+__all__ = ["BatchStream", "mix_seed"]
 
 
 class BatchStream:

@@ -1,0 +1,57 @@
+"""Pieces every objective shares: training noise and the weighted denoising error in x0 space.
+
+Every objective here trains through the denoiser contract D(x, σ, cond) on σ-space inputs
+x = x0 + σ·n. An error in a prediction space is an x0-space error times a function of σ
+(ε: 1/σ², v: 1 + 1/σ², flow velocity: ((1+σ)/σ)²), so one function serves all of them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def randn_on(shape, generator: torch.Generator | None, device) -> torch.Tensor:
+    """Standard normal drawn on the generator's device (the loop's generator is a CPU one)."""
+    gen_device = generator.device if generator is not None else device
+    return torch.randn(tuple(shape), generator=generator, device=gen_device).to(device)
+
+
+def rand_on(shape, generator: torch.Generator | None, device) -> torch.Tensor:
+    """Uniform [0, 1) drawn on the generator's device."""
+    gen_device = generator.device if generator is not None else device
+    return torch.rand(tuple(shape), generator=generator, device=gen_device).to(device)
+
+
+def training_noise(
+    x0: torch.Tensor, generator: torch.Generator | None, offset_noise: float = 0.0
+) -> torch.Tensor:
+    """ε ~ N(0, I), plus offset noise (Guttenberg 2023): offset·N(0, 1) shared per channel."""
+    noise = randn_on(x0.shape, generator, x0.device)
+    if offset_noise:
+        noise = noise + offset_noise * randn_on((*x0.shape[:2], 1, 1), generator, x0.device)
+    return noise
+
+
+def denoising_loss(
+    denoiser,
+    x0: torch.Tensor,
+    sigma: torch.Tensor,
+    noise: torch.Tensor,
+    cond: torch.Tensor | None,
+    weight: torch.Tensor,
+    learned: bool = False,
+) -> torch.Tensor:
+    """weight(σ)·mean((D(x0 + σ·n; σ) − x0)²) per example, shape [B].
+
+    With `learned`, the denoiser also returns the log-variance u(σ) and the loss becomes
+    L/e^u + u (EDM2, Karras et al. 2024, Eq. 21).
+    """
+    x = x0.float() + sigma.view(-1, 1, 1, 1) * noise
+    if learned:
+        denoised, logvar = denoiser(x, sigma, cond, return_logvar=True)
+    else:
+        denoised = denoiser(x, sigma, cond)
+    loss = weight * ((denoised - x0.float()) ** 2).flatten(1).mean(1)
+    if learned:
+        loss = loss / logvar.exp() + logvar
+    return loss

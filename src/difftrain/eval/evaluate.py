@@ -1,0 +1,261 @@
+"""Evaluate a denoiser: generate seeded samples, embed them, compare with real images.
+
+One code path serves `difftrain evaluate` (a run directory, writes eval.json) and the training
+loop (`TrainingEvaluator`, EMA weights every `eval.every` steps, returns scalars to log).
+Metric keys name the feature space: FID in domain features (`fid_domain`) is a different number
+from Inception FID (`fid_inception`) and the two are never compared.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from difftrain.config import Config, ConfigError
+from difftrain.data import ImageData, to_uint8
+from difftrain.eval import metrics as M
+from difftrain.eval.features import FeatureNet, load_feature_net, run_extractor
+from difftrain.eval.likelihood import nll_bits_per_dim
+from difftrain.pipeline.generate import default_labels, generate
+
+METRICS = ("fid", "kid", "pr", "acc", "nll")
+
+
+@dataclass
+class Extractor:
+    """A feature network with its name ('domain' or 'inception') and provenance."""
+
+    kind: str
+    net: Callable
+    info: dict = field(default_factory=dict)
+
+
+def parse_metrics(text: str | list[str]) -> list[str]:
+    """'fid,kid' → ['fid', 'kid'], checked against METRICS."""
+    items = [m.strip() for m in (text.split(",") if isinstance(text, str) else text) if m.strip()]
+    bad = [m for m in items if m not in METRICS]
+    if bad or not items:
+        raise ConfigError(
+            f"--metrics {text!r}: unknown {bad or 'empty'} (allowed: {','.join(METRICS)})"
+        )
+    return list(dict.fromkeys(items))
+
+
+def default_feature_net_dir(cfg: Config) -> Path:
+    """Where `difftrain features train` saves and evaluation looks by default."""
+    return Path(cfg.eval.feature_net or cfg.features.out or Path(cfg.train.run_dir) / "features")
+
+
+def load_extractors(
+    cfg: Config,
+    metrics: list[str],
+    features: str,
+    feature_net: Path | None = None,
+    inception_weights: Path | None = None,
+) -> tuple[Extractor | None, FeatureNet | None]:
+    """(extractor for fid/kid/pr, domain classifier for acc); each None when not needed."""
+    need_feats = any(m in metrics for m in ("fid", "kid", "pr"))
+    classifier = None
+    if "acc" in metrics or (need_feats and features == "domain"):
+        net, info = load_feature_net(feature_net or default_feature_net_dir(cfg))
+        if info["spec"]["channels"] != cfg.data.channels:
+            raise ConfigError(
+                f"feature network has {info['spec']['channels']} channels but data.channels = "
+                f"{cfg.data.channels}; train one on this data with `difftrain features train`"
+            )
+        classifier = net
+        domain = Extractor(
+            "domain",
+            net,
+            {
+                "path": str(feature_net or default_feature_net_dir(cfg)),
+                "val_accuracy": info.get("val_accuracy"),
+            },
+        )
+    if not need_feats:
+        return None, classifier
+    if features == "inception":
+        from difftrain.eval.inception import load_inception
+
+        net, prov = load_inception(inception_weights or cfg.eval.inception_weights)
+        return Extractor("inception", net, prov), classifier
+    return domain, classifier
+
+
+def reference_images(
+    train: ImageData, val: ImageData, num: int, seed: int
+) -> tuple[ImageData, str]:
+    """`num` real images: from the held-out validation split when it is large enough."""
+    pool, name = (val, "val") if len(val) >= num else (train, "train")
+    if len(pool) < num:
+        raise ConfigError(f"--num {num}: only {len(pool)} real images to compare with; lower --num")
+    idx = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:num]
+    return pool.subset(idx.sort().values), name
+
+
+class SampleQuality:
+    """Real-image features computed once; then metrics of any batch of generated images."""
+
+    def __init__(
+        self,
+        reference: ImageData,
+        extractor: Extractor | None,
+        classifier: FeatureNet | None,
+        metrics: list[str],
+        device: str | torch.device = "cpu",
+        batch_size: int = 256,
+    ):
+        self.metrics, self.extractor, self.classifier = metrics, extractor, classifier
+        self.device, self.batch_size = device, batch_size
+        self.real_feats = None
+        if extractor is not None:
+            extractor.net.to(device)
+            self.real_feats, _ = run_extractor(extractor.net, reference.images, batch_size, device)
+        if classifier is not None:
+            classifier.to(device)
+
+    def __call__(self, fake_u8: torch.Tensor, labels: torch.Tensor | None) -> dict[str, float]:
+        out: dict[str, float] = {}
+        if self.extractor is not None:
+            fake_feats, logits = run_extractor(
+                self.extractor.net, fake_u8, self.batch_size, self.device
+            )
+            k = self.extractor.kind
+            if "fid" in self.metrics:
+                out[f"fid_{k}"] = M.fid(self.real_feats, fake_feats)
+            if "kid" in self.metrics:
+                mean, std = M.kid(self.real_feats, fake_feats, num_subsets=100, subset_size=1000)
+                out[f"kid_{k}"], out[f"kid_{k}_std"] = mean, std
+            if "pr" in self.metrics:
+                pr = M.precision_recall(self.real_feats, fake_feats, k=3)
+                out.update({f"{name}_{k}": v for name, v in pr.items()})
+        if "acc" in self.metrics and self.classifier is not None:
+            if labels is None:
+                raise ConfigError("--metrics acc needs a class-conditional model; drop 'acc'")
+            _, logits = run_extractor(self.classifier, fake_u8, self.batch_size, self.device)
+            out["acc"] = float((logits.argmax(1) == labels).double().mean())
+        return out
+
+
+def generate_for_eval(
+    denoiser,
+    cfg: Config,
+    num: int,
+    num_classes: int | None,
+    *,
+    sampler: str,
+    steps: int,
+    seed: int,
+    guidance: float = 1.0,
+    batch_size: int = 250,
+    device="cpu",
+    callback=None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`num` uint8 samples with balanced class labels; sample i depends only on (seed, i)."""
+    labels = default_labels(num, num_classes)
+    images = generate(
+        denoiser,
+        num=num,
+        shape=(cfg.data.channels, cfg.data.resolution, cfg.data.resolution),
+        seed=seed,
+        labels=labels,
+        null_class=num_classes,
+        sampler=sampler,
+        steps=steps,
+        guidance=guidance,
+        sigma_min=cfg.diffusion.sigma_min,
+        sigma_max=cfg.diffusion.sigma_max,
+        rho=cfg.sample.rho,
+        batch_size=batch_size,
+        device=device,
+        callback=callback,
+    )
+    return to_uint8(images), labels
+
+
+def likelihood(
+    denoiser, cfg: Config, data: ImageData, num: int, steps: int, seed: int, device="cpu"
+) -> dict[str, float]:
+    """NLL in bits/dim of `num` held-out images (conditional on their labels when present)."""
+    idx = (
+        torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:num].sort().values
+    )
+    part = data.subset(idx)
+    res = nll_bits_per_dim(
+        denoiser,
+        part.images,
+        part.labels,
+        sigma_min=cfg.diffusion.sigma_min,
+        sigma_max=cfg.diffusion.sigma_max,
+        steps=steps,
+        seed=seed,
+        device=device,
+    )
+    return {"nll_bpd": res["bpd"], "nll_bpd_sem": res["bpd_sem"]}
+
+
+class TrainingEvaluator:
+    """In-training evaluation from the EMA weights; real features are computed once, here.
+
+    Build it once after the data split; call it on `ema.model` when `due(step)`; log what it
+    returns (keys 'eval/…', plain floats). Costs one generation of `eval.num` images.
+    """
+
+    def __init__(self, cfg: Config, train: ImageData, val: ImageData, device="cpu"):
+        e = cfg.eval
+        self.cfg, self.device, self.num_classes = cfg, device, train.num_classes
+        self.metrics = [m for m in e.metrics if not (m == "acc" and train.num_classes is None)]
+        extractor, classifier = load_extractors(cfg, self.metrics, e.features)
+        reference, self.reference_split = reference_images(train, val, e.num, e.seed)
+        self.quality = SampleQuality(reference, extractor, classifier, self.metrics, device)
+        self.nll_data = val if len(val) else train
+
+    @classmethod
+    def from_config(
+        cls, cfg: Config, train: ImageData, val: ImageData, device="cpu"
+    ) -> TrainingEvaluator | None:
+        """None when eval.every = 0 (in-training evaluation off)."""
+        return cls(cfg, train, val, device) if cfg.eval.every > 0 else None
+
+    def due(self, step: int) -> bool:
+        return step % self.cfg.eval.every == 0 or step == self.cfg.train.max_steps
+
+    @torch.no_grad()
+    def __call__(self, denoiser, step: int | None = None) -> dict[str, float]:
+        e, t0 = self.cfg.eval, time.time()
+        was_training = getattr(denoiser, "training", False)
+        if hasattr(denoiser, "eval"):
+            denoiser.eval()
+        try:
+            fake, labels = generate_for_eval(
+                denoiser,
+                self.cfg,
+                e.num,
+                self.num_classes,
+                sampler=e.sampler,
+                steps=e.steps,
+                seed=e.seed,
+                device=self.device,
+            )
+            out = self.quality(fake, labels)
+            if "nll" in self.metrics:
+                out.update(
+                    likelihood(
+                        denoiser,
+                        self.cfg,
+                        self.nll_data,
+                        e.nll_num,
+                        e.nll_steps,
+                        e.seed,
+                        self.device,
+                    )
+                )
+        finally:
+            if was_training:
+                denoiser.train()
+        out["seconds"] = time.time() - t0
+        return {f"eval/{k}": float(v) for k, v in out.items()}

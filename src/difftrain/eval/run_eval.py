@@ -1,0 +1,162 @@
+"""`difftrain evaluate`: evaluate one checkpoint of a run directory and record it in eval.json."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from difftrain.config import ConfigError
+from difftrain.eval.evaluate import (
+    SampleQuality,
+    generate_for_eval,
+    likelihood,
+    load_extractors,
+    reference_images,
+)
+
+
+def _entry_key(entry: dict) -> tuple:
+    s = entry["settings"]
+    return (
+        entry["step"],
+        entry["weights"],
+        s["features"],
+        s["num"],
+        s["sampler"],
+        s["steps"],
+        s["seed"],
+        s["guidance"],
+    )
+
+
+def write_eval_json(path: Path, entry: dict) -> dict:
+    """Add `entry` to eval.json's list (replacing one with the same step and settings)."""
+    doc = {"evaluations": []}
+    if path.is_file():
+        try:
+            doc = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            pass
+    kept = [e for e in doc.get("evaluations", []) if _entry_key(e) != _entry_key(entry)]
+    doc["evaluations"] = sorted([*kept, entry], key=lambda e: e["step"])
+    doc["latest"] = entry
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1))
+    return doc
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    metrics: list[str],
+    num: int,
+    sampler: str,
+    steps: int,
+    seed: int,
+    features: str = "domain",
+    guidance: float = 1.0,
+    weights: str = "ema",
+    checkpoint: Path | None = None,
+    feature_net: Path | None = None,
+    inception_weights: Path | None = None,
+    nll_num: int | None = None,
+    nll_steps: int | None = None,
+    out: Path | None = None,
+    device: str | torch.device = "cpu",
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict:
+    """Evaluate one checkpoint of a run directory and record it in eval.json (run dir or `out`)."""
+    from difftrain.data import load_data
+    from difftrain.pipeline.run import load_run
+    from difftrain.samplers import SAMPLERS
+
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"--sampler {sampler!r}: unknown (allowed: {', '.join(SAMPLERS)})")
+    if features not in ("domain", "inception"):
+        raise ConfigError(f"--features {features!r}: allowed 'domain' or 'inception'")
+    run = load_run(run_dir, weights=weights, checkpoint=checkpoint)
+    cfg, k = run.config, run.num_classes
+    if k is None:
+        metrics = [m for m in metrics if m != "acc"]
+    t0 = time.time()
+    train, val = load_data(cfg.data).split(cfg.data.val_fraction, cfg.train.seed)
+    extractor, classifier = load_extractors(cfg, metrics, features, feature_net, inception_weights)
+    result: dict[str, float] = {}
+    timing = {}
+    if any(m in metrics for m in ("fid", "kid", "pr", "acc")):
+        reference, split = reference_images(train, val, num, seed)
+        quality = SampleQuality(reference, extractor, classifier, metrics, device)
+        timing["reference_features_s"] = round(time.time() - t0, 2)
+        t1 = time.time()
+        run.denoiser.to(device)
+        done = [0]
+
+        def tick(n: int) -> None:
+            done[0] += n
+            if progress is not None:
+                progress("generate", done[0], num)
+
+        fake, labels = generate_for_eval(
+            run.denoiser,
+            cfg,
+            num,
+            k,
+            sampler=sampler,
+            steps=steps,
+            seed=seed,
+            guidance=guidance,
+            device=device,
+            callback=tick,
+        )
+        timing["generate_s"] = round(time.time() - t1, 2)
+        t2 = time.time()
+        result.update(quality(fake, labels))
+        timing["metrics_s"] = round(time.time() - t2, 2)
+    else:
+        split = None
+    if "nll" in metrics:
+        t3 = time.time()
+        run.denoiser.to(device)
+        data = val if len(val) else train
+        result.update(
+            likelihood(
+                run.denoiser,
+                cfg,
+                data,
+                nll_num or cfg.eval.nll_num,
+                nll_steps or cfg.eval.nll_steps,
+                seed,
+                device,
+            )
+        )
+        timing["nll_s"] = round(time.time() - t3, 2)
+    entry = {
+        "step": run.state["step"],
+        "checkpoint": str(run.checkpoint),
+        "weights": weights,
+        "settings": {
+            "metrics": metrics,
+            "num": num,
+            "sampler": sampler,
+            "steps": steps,
+            "seed": seed,
+            "guidance": guidance,
+            "features": features,
+            "reference_split": split,
+            "nll_num": nll_num or cfg.eval.nll_num,
+            "nll_steps": nll_steps or cfg.eval.nll_steps,
+            "nll_conditional": k is not None,
+        },
+        "feature_extractor": extractor.info | {"kind": extractor.kind} if extractor else None,
+        "metrics": result,
+        "seconds": timing | {"total_s": round(time.time() - t0, 2)},
+        "time": round(time.time(), 3),
+    }
+    path = (Path(out) if out else Path(run_dir)) / "eval.json"
+    write_eval_json(path, entry)
+    entry["path"] = str(path)
+    return entry

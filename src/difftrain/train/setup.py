@@ -1,0 +1,93 @@
+"""What the loop needs around it: precision choice, data preparation, sample grids, environment."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+from difftrain.config import Config
+from difftrain.data import ImageData, load_data, to_uint8, write_bad_files
+from difftrain.pipeline.generate import default_labels, generate, make_grid, save_image
+
+
+def resolve_precision(requested: str) -> str:
+    """'auto' → bf16 on a GPU that has it, fp16 on other GPUs, full precision on the CPU."""
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "no"
+
+
+def prepare_data(cfg: Config, run_dir: Path | None) -> tuple[ImageData, ImageData]:
+    """Load the configured data, record skipped files in the run directory, split off validation."""
+    full = load_data(cfg.data)
+    if run_dir is not None and full.skipped:
+        write_bad_files(run_dir, full.bad)
+    return full.split(cfg.data.val_fraction, cfg.train.seed)
+
+
+def describe(cfg: Config, data: ImageData, val: ImageData, n_params: int) -> dict:
+    """What a dry run prints: sizes and step counts."""
+    steps_per_epoch = len(data) / cfg.train.batch_size
+    return {
+        "train_images": len(data),
+        "val_images": len(val),
+        "num_classes": data.num_classes,
+        "parameters": n_params,
+        "steps_per_epoch": round(steps_per_epoch, 2),
+        "total_steps": cfg.train.max_steps,
+        "epochs": round(cfg.train.max_steps / steps_per_epoch, 2),
+        "skipped_files": {k: len(v) for k, v in data.skipped.items()},
+    }
+
+
+def write_samples(denoiser, cfg: Config, data: ImageData, path: Path, device) -> None:
+    """A grid of samples from fixed seeds (one row per class when class-conditional)."""
+    num, k = cfg.sample.num, data.num_classes
+    if k:
+        num = k * max(1, round(num / k))  # whole rows per class
+    images = generate(
+        denoiser,
+        num=num,
+        shape=(cfg.data.channels, cfg.data.resolution, cfg.data.resolution),
+        seed=cfg.sample.seed,
+        labels=default_labels(num, k),
+        null_class=k,
+        steps=cfg.sample.steps,
+        guidance=cfg.sample.guidance,
+        sigma_min=cfg.diffusion.sigma_min,
+        sigma_max=cfg.diffusion.sigma_max,
+        rho=cfg.sample.rho,
+        device=device,
+    )
+    save_image(make_grid(to_uint8(images), num // k if k else None), path, min_side=256)
+
+
+def environment(precision: str, world: int) -> dict:
+    """Library versions and hardware, recorded in the run directory for reproducibility."""
+    import accelerate
+    import diffusers
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "accelerate": accelerate.__version__,
+        "cuda": torch.cuda.is_available(),
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor(),
+        "mixed_precision": precision,
+        "processes": world,
+        "git_commit": _git_commit(),
+    }
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.TimeoutExpired):
+        return None

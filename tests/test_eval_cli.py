@@ -1,0 +1,207 @@
+"""Through the CLI on a real (seconds-long) digits run: features train → evaluate → report.
+
+Also the in-training evaluator the loop calls, and the report in a real browser when Chromium
+is installed (`make system-deps-test` installs it).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from difftrain.cli.main import app
+from difftrain.config import load_config
+from difftrain.data import load_data
+from difftrain.eval.evaluate import TrainingEvaluator
+from difftrain.pipeline.run import load_run
+
+from .conftest import TINY
+from .eval_helpers import one_thread, single_thread  # noqa: F401 (autouse fixture)
+
+runner = CliRunner()
+CHROMIUM = "/usr/bin/chromium"
+EVAL_ARGS = ["--num", "40", "--steps", "3", "--nll-num", "4", "--nll-steps", "3"]
+
+
+def invoke(*args, code: int = 0):
+    res = runner.invoke(app, [str(a) for a in args])
+    assert res.exit_code == code, res.output + repr(res.exception)
+    return res
+
+
+def sets(**kv) -> list[str]:
+    return [x for k, v in kv.items() for x in ("--set", f"{k.replace('__', '.')}={v}")]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A 30-step digits run with two checkpoints and sample grids, plus its feature network."""
+    run = tmp_path_factory.mktemp("eval") / "run"
+    common = sets(train__run_dir=run, logging__progress="false", logging__tensorboard="false")
+    with one_thread():
+        invoke(
+            "train",
+            TINY,
+            *common,
+            *sets(
+                train__max_steps=30,
+                train__checkpoint_every=15,
+                train__sample_every=15,
+                train__log_every=5,
+                sample__num=20,
+                sample__steps=4,
+            ),
+        )
+        invoke(
+            "features",
+            "train",
+            TINY,
+            *common,
+            *sets(
+                features__width=8,
+                features__feature_dim=16,
+                features__epochs=2,
+                features__batch_size=32,
+            ),
+        )
+    return run
+
+
+def test_features_train_saves_with_the_run(run_dir):
+    info = json.loads((run_dir / "features" / "feature_net.json").read_text())
+    assert (run_dir / "features" / "feature_net.safetensors").is_file()
+    assert info["val_images"] == 180 and info["val_accuracy"] > 0.3  # 2 epochs of a tiny net
+
+
+def test_evaluate_writes_eval_json_and_is_deterministic(run_dir):
+    with one_thread():
+        invoke("evaluate", run_dir, "--metrics", "fid,kid,pr,acc,nll", *EVAL_ARGS)
+        first = json.loads((run_dir / "eval.json").read_text())
+        invoke("evaluate", run_dir, "--metrics", "fid,kid,pr,acc,nll", *EVAL_ARGS)
+    doc = json.loads((run_dir / "eval.json").read_text())
+    assert len(doc["evaluations"]) == 1  # same step and settings: replaced, not appended
+    m = doc["latest"]["metrics"]
+    keys = {
+        "fid_domain",
+        "kid_domain",
+        "kid_domain_std",
+        "precision_domain",
+        "recall_domain",
+        "f1_domain",
+        "acc",
+        "nll_bpd",
+        "nll_bpd_sem",
+    }
+    assert set(m) == keys and all(math.isfinite(v) for v in m.values())
+    assert m == first["latest"]["metrics"]  # sample i depends only on (seed, i)
+    assert doc["latest"]["step"] == 30 and doc["latest"]["settings"]["reference_split"] == "val"
+    assert 0 < m["nll_bpd"] < 16 and 0 <= m["acc"] <= 1
+
+
+def test_evaluate_out_dir_and_bad_input(run_dir, tmp_path, monkeypatch):
+    with one_thread():
+        invoke("evaluate", run_dir, "--metrics", "fid", "--out", tmp_path, *EVAL_ARGS)
+    assert "fid_domain" in json.loads((tmp_path / "eval.json").read_text())["latest"]["metrics"]
+    res = invoke("evaluate", run_dir, "--metrics", "fid,bogus", code=2)
+    assert "allowed: fid,kid,pr,acc,nll" in res.output
+    monkeypatch.delenv("DIFFTRAIN_INCEPTION_WEIGHTS", raising=False)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    res = invoke("evaluate", run_dir, "--features", "inception", *EVAL_ARGS, code=2)
+    assert "weights-inception-2015-12-05-6726825d.pth" in res.output
+
+
+def test_training_evaluator_returns_scalars_for_the_loop(run_dir):
+    cfg = load_config(
+        run_dir / "config.yaml",
+        [
+            "eval.every=10",
+            "eval.num=40",
+            "eval.steps=3",
+            "eval.metrics=[fid,kid,pr,acc,nll]",
+            "eval.nll_num=4",
+            "eval.nll_steps=3",
+        ],
+    )
+    train, val = load_data(cfg.data).split(cfg.data.val_fraction, cfg.train.seed)
+    ev = TrainingEvaluator.from_config(cfg, train, val)
+    assert ev.due(10) and ev.due(30) and not ev.due(15)
+    den = load_run(run_dir).denoiser
+    den.train()
+    with one_thread():
+        out = ev(den, step=30)
+    assert den.training  # mode restored
+    assert {
+        "eval/fid_domain",
+        "eval/kid_domain",
+        "eval/acc",
+        "eval/nll_bpd",
+        "eval/seconds",
+    } <= set(out)
+    assert all(isinstance(v, float) and math.isfinite(v) for v in out.values())
+    cfg_off = load_config(run_dir / "config.yaml")
+    assert TrainingEvaluator.from_config(cfg_off, train, val) is None  # eval.every = 0: off
+
+
+def test_report_is_one_self_contained_page(run_dir):
+    with one_thread():
+        invoke("report", run_dir, "--trajectory", "3")
+    page = (run_dir / "report.html").read_text()
+    for anchor in (
+        "summary",
+        "curves",
+        "metrics",
+        "samples",
+        "trajectory",
+        "data",
+        "config",
+        "environment",
+    ):
+        assert f'id="{anchor}"' in page
+    srcs = re.findall(r'src="([^"]*)"', page)
+    assert len(srcs) >= 6 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert not re.search(r'(href|src)="(https?:|//|file:)', page)  # nothing to fetch
+    for s in srcs:  # every embedded image decodes
+        assert base64.b64decode(s.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "step 15" in page and "step 30" in page  # sample grids over training
+
+
+@pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason="chromium not installed (make system-deps-test)"
+)
+def test_report_renders_in_headless_chromium(run_dir, tmp_path):
+    if not (run_dir / "report.html").is_file():
+        with one_thread():
+            invoke("report", run_dir, "--trajectory", "3")
+    shot = tmp_path / "shot.png"
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        f"--screenshot={shot}",
+        "--window-size=1280,2000",
+        (run_dir / "report.html").resolve().as_uri(),
+    ]
+    subprocess.run(cmd, capture_output=True, timeout=90, check=False)
+    assert shot.is_file(), "chromium wrote no screenshot"
+    img = Image.open(shot).convert("L")
+    assert img.size == (1280, 2000)
+    hist = img.histogram()
+    assert max(hist) < 0.97 * sum(hist)  # not a blank page: text and plots cover the canvas
+    shutil.copy(shot, run_dir / "report-screenshot.png")
