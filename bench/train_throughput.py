@@ -83,7 +83,9 @@ def plain(cfg, images: torch.Tensor, labels, steps: int, warmup: int) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--config", default="configs/fashion-mnist.yaml")
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--warmup", type=int, default=10)
@@ -96,11 +98,23 @@ def main() -> None:
     for r in range(args.rounds):  # alternate so drift in machine load hits both
         results["difftrain"].append(ours(cfg, args.steps, args.warmup))
         results["plain"].append(plain(cfg, data.images, data.labels, args.steps, args.warmup))
-        print(f"round {r}: difftrain {results['difftrain'][-1]:.1f} img/s, plain {results['plain'][-1]:.1f} img/s")
+        print(
+            f"round {r}: difftrain {results['difftrain'][-1]:.1f} img/s, plain {results['plain'][-1]:.1f} img/s"
+        )
     a, b = statistics.median(results["difftrain"]), statistics.median(results["plain"])
-    print(json.dumps({"config": args.config, "batch_size": cfg.train.batch_size, "steps": args.steps,
-                      "difftrain_img_per_s": round(a, 1), "plain_img_per_s": round(b, 1),
-                      "ratio": round(a / b, 3), "overhead_pct": round(100 * (1 - a / b), 1)}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "config": args.config,
+                "batch_size": cfg.train.batch_size,
+                "steps": args.steps,
+                "difftrain_img_per_s": round(a, 1),
+                "plain_img_per_s": round(b, 1),
+                "ratio": round(a / b, 3),
+                "overhead_pct": round(100 * (1 - a / b), 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

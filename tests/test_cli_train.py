@@ -31,7 +31,10 @@ def test_train_writes_a_complete_run_directory(tiny_args, tmp_path):
     invoke("train", *tiny_args(run, **{"logging.tensorboard": "true", "train.sample_every": 30}))
     assert (run / "config.yaml").is_file() and (run / "environment.json").is_file()
     ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
-    assert ckpts == ["step-0000010", "step-0000020", "step-0000030"]
+    # step 0 is written first: a rollback target before the first scheduled checkpoint.
+    assert ckpts == ["best.json", "step-0000000", "step-0000010", "step-0000020", "step-0000030"]
+    best = json.loads((run / "checkpoints/best.json").read_text())["best"]
+    assert len(best) == 1 and best[0]["checkpoint"] in ckpts
     for name in ["model", "ema", "optimizer"]:
         assert (run / "checkpoints/step-0000030" / f"{name}.safetensors").is_file()
     manifest = json.loads((run / "checkpoints/step-0000030/manifest.json").read_text())
@@ -39,6 +42,7 @@ def test_train_writes_a_complete_run_directory(tiny_args, tmp_path):
         "model.safetensors",
         "ema.safetensors",
         "optimizer.safetensors",
+        "posthoc_ema.safetensors",
         "state.json",
     }
     assert any((run / "tensorboard").iterdir())
@@ -77,15 +81,41 @@ def test_sample_writes_pngs_grid_and_npz(tiny_args, tmp_path):
     run = tmp_path / "run"
     invoke("train", *tiny_args(run, **{"train.max_steps": 10}))
     out = tmp_path / "out"
-    res = invoke("sample", run, "--num", 20, "--steps", 3, "--seed", 1, "--out", out, "--npz", tmp_path / "s.npz",
-                 "--guidance", 2.0)  # fmt: skip
+    res = invoke(
+        "sample",
+        run,
+        "--num",
+        20,
+        "--steps",
+        3,
+        "--seed",
+        1,
+        "--out",
+        out,
+        "--npz",
+        tmp_path / "s.npz",
+        "--guidance",
+        2.0,
+    )
     assert "grid.png" in res.output
     assert len(list(out.glob("0*.png"))) == 20 and (out / "grid.png").is_file()
     with np.load(tmp_path / "s.npz") as z:
         assert z["images"].shape == (20, 8, 8, 1) and z["images"].dtype == np.uint8
         assert z["labels"].tolist() == [i // 2 for i in range(20)]
-    res = invoke("sample", run, "--num", 4, "--steps", 2, "--class-label", 3, "--out", tmp_path / "o3",
-                 "--npz", tmp_path / "c3.npz")  # fmt: skip
+    res = invoke(
+        "sample",
+        run,
+        "--num",
+        4,
+        "--steps",
+        2,
+        "--class-label",
+        3,
+        "--out",
+        tmp_path / "o3",
+        "--npz",
+        tmp_path / "c3.npz",
+    )
     with np.load(tmp_path / "c3.npz") as z:
         assert z["labels"].tolist() == [3, 3, 3, 3]
 

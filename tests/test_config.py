@@ -73,7 +73,13 @@ def test_overrides_are_typed_and_repeatable():
 def test_dry_run_prints_sizes_and_writes_nothing(tmp_path):
     res = run_cli("train", str(TINY), "--set", f"train.run_dir={tmp_path}/r", "--dry-run")
     assert res.exit_code == 0, res.output
-    for text in ["train_images: 1617", "val_images: 180", "parameters:", "steps_per_epoch: 25.27",
-                 "total_steps: 200", "preset: unet-tiny"]:  # fmt: skip
+    for text in [
+        "train_images: 1617",
+        "val_images: 180",
+        "parameters:",
+        "steps_per_epoch: 25.27",
+        "total_steps: 200",
+        "preset: unet-tiny",
+    ]:
         assert text in res.output, text
     assert not (tmp_path / "r").exists()

@@ -48,8 +48,25 @@ def test_cli_npz_identical_across_batch_sizes(tiny_args, tmp_path):
     outs = []
     for bs in (8, 3):
         npz = tmp_path / f"b{bs}.npz"
-        res = runner.invoke(app, ["sample", str(run), "--num", "8", "--steps", "3", "--seed", "9",
-                                  "--batch-size", str(bs), "--out", str(tmp_path / f"o{bs}"), "--npz", str(npz)])  # fmt: skip
+        res = runner.invoke(
+            app,
+            [
+                "sample",
+                str(run),
+                "--num",
+                "8",
+                "--steps",
+                "3",
+                "--seed",
+                "9",
+                "--batch-size",
+                str(bs),
+                "--out",
+                str(tmp_path / f"o{bs}"),
+                "--npz",
+                str(npz),
+            ],
+        )
         assert res.exit_code == 0, res.output
         outs.append(np.load(npz)["images"])
     assert np.array_equal(outs[0], outs[1])

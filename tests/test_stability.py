@@ -100,7 +100,7 @@ def test_persistent_divergence_stops_with_a_forensic_report(tiny_args, tmp_path,
     assert report["first_nonfinite_activation"] == layer
     assert report["first_nonfinite_grad"] is not None
     # Steps 16-17 fail, two rollbacks replay them, the third streak stops the run at step 17.
-    assert len(report["sample_ids"]) == 64 and report["step"] == 17
+    assert len(report["samples"]) == 64 and report["step"] == 17
     assert [r["guard/lr_scale"] for r in rows(run) if "guard/rollback" in r] == [0.5, 0.25]
 
 
@@ -116,9 +116,18 @@ def reference(tmp_path_factory):
     """One uninterrupted run that the interrupted ones are compared with."""
     run = tmp_path_factory.mktemp("ref") / "run"
     args = [str(TINY)]
-    for k, v in {"train.run_dir": run, "train.max_steps": 30, "train.checkpoint_every": 5, "train.sample_every": 1000,
-                 "train.log_every": 1, "train.keep_checkpoints": 5, "logging.tensorboard": "false",
-                 "logging.progress": "false", "sample.num": 10, "sample.steps": 4}.items():  # fmt: skip
+    for k, v in {
+        "train.run_dir": run,
+        "train.max_steps": 30,
+        "train.checkpoint_every": 5,
+        "train.sample_every": 1000,
+        "train.log_every": 1,
+        "train.keep_checkpoints": 5,
+        "logging.tensorboard": "false",
+        "logging.progress": "false",
+        "sample.num": 10,
+        "sample.steps": 4,
+    }.items():
         args += ["--set", f"{k}={v}"]
     res = runner.invoke(app, ["train", *args])
     assert res.exit_code == 0, res.output
@@ -147,8 +156,12 @@ def assert_matches_reference(run: Path, ref: Path):
 
 
 def resume_to_end(args):
-    res = subprocess.run([*DIFFTRAIN, *args, "--resume"], capture_output=True, text=True,
-                         env={**os.environ, "DIFFTRAIN_INJECT": ""})  # fmt: skip
+    res = subprocess.run(
+        [*DIFFTRAIN, "train", *args, "--resume"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "DIFFTRAIN_INJECT": ""},
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     return res.stdout + res.stderr
 
@@ -177,8 +190,13 @@ def test_sigkill_while_writing_a_checkpoint(reference, tmp_path):
     proc = popen(["train", *args], {"DIFFTRAIN_INJECT": "slowckpt:1.5"})
     ckpts = run / "checkpoints"
     # Wait until the step-10 checkpoint is half written (a temporary dir with some files).
-    wait_for(lambda: any(p.name.startswith(".tmp-step-0000010") and any(p.iterdir())
-                         for p in (ckpts.iterdir() if ckpts.is_dir() else [])), proc)  # fmt: skip
+    wait_for(
+        lambda: any(
+            p.name.startswith(".tmp-step-0000010") and any(p.iterdir())
+            for p in (ckpts.iterdir() if ckpts.is_dir() else [])
+        ),
+        proc,
+    )
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (ckpts / "step-0000010").exists()  # the partial write never became a checkpoint
@@ -216,15 +234,31 @@ def test_disk_full_keeps_previous_checkpoint_and_stops_clearly(tiny_args, tmp_pa
     mnt.mkdir()
     run = mnt / "run"
     # One tiny-model checkpoint is ~11 MiB; 26 MiB holds two but not a third.
-    args = tiny_args(run, **{"train.max_steps": 40, "train.checkpoint_every": 10, "train.keep_checkpoints": 2,
-                             "train.keep_best": 0})  # fmt: skip
-    verify = (f"from difftrain.pipeline.checkpoint import verify_checkpoint, list_checkpoints; from pathlib import Path; "
-              f"c = list_checkpoints(Path('{run}/checkpoints')); [verify_checkpoint(p) for p in c]; "
-              f"print('intact', [p.name for p in c])")  # fmt: skip
-    script = (f"mount -t tmpfs -o size=26m tmpfs {mnt} && "
-              f"{' '.join(DIFFTRAIN)} train {' '.join(args)}; echo rc=$?; {sys.executable} -c \"{verify}\"")  # fmt: skip
-    res = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True,
-                         env={**os.environ, "DIFFTRAIN_INJECT": ""})  # fmt: skip
+    args = tiny_args(
+        run,
+        **{
+            "train.max_steps": 40,
+            "train.checkpoint_every": 10,
+            "train.keep_checkpoints": 2,
+            "train.keep_best": 0,
+            "train.posthoc_ema_sigma_rels": "[]",
+        },
+    )
+    verify = (
+        f"from difftrain.pipeline.checkpoint import verify_checkpoint, list_checkpoints; from pathlib import Path; "
+        f"c = list_checkpoints(Path('{run}/checkpoints')); [verify_checkpoint(p) for p in c]; "
+        f"print('intact', [p.name for p in c])"
+    )
+    script = (
+        f"mount -t tmpfs -o size=26m tmpfs {mnt} && "
+        f'{" ".join(DIFFTRAIN)} train {" ".join(args)}; echo rc=$?; {sys.executable} -c "{verify}"'
+    )
+    res = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "DIFFTRAIN_INJECT": ""},
+    )
     out = res.stdout + res.stderr
     assert "rc=1" in out, out
     assert (
@@ -232,3 +266,28 @@ def test_disk_full_keeps_previous_checkpoint_and_stops_clearly(tiny_args, tmp_pa
     ), out
     assert "--resume" in out
     assert "intact ['step-0000000', 'step-0000010']" in out, out
+
+
+def test_early_stopping_keeps_and_marks_the_best(tiny_args, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    # An improvement must beat the best by 10.0 (never happens): validations at 10, 20, 30 → stop at 30.
+    args = tiny_args(
+        run,
+        **{
+            "train.max_steps": 60,
+            "train.early_stopping_patience": 2,
+            "train.early_stopping_min_delta": 10.0,
+            "train.keep_checkpoints": 1,
+        },
+    )
+    res = train_in_process(args, monkeypatch)
+    assert res.exit_code == 0, res.output
+    assert "early stopping at step 30" in res.output and "stopped early" in res.output
+    best = json.loads((run / "checkpoints/best.json").read_text())["best"]
+    vals = {r["step"]: r["val/loss"] for r in rows(run) if "val/loss" in r}
+    assert sorted(vals) == [10, 20, 30]
+    assert best[0]["value"] == min(vals.values()) and best[0]["step"] == min(vals, key=vals.get)
+    kept = sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.startswith("step-"))
+    assert kept == sorted(
+        {f"step-{best[0]['step']:07d}", "step-0000030"}
+    )  # latest + best survive pruning

@@ -15,6 +15,8 @@ from difftrain.diffusion.vlb import (
     learned_range_log_variance,
     normal_kl,
     posterior_tables,
+    q_posterior,
+    vlb_term_bpd,
 )
 
 SCHEDULES = [  # (ours, diffusers, beta_start, beta_end)
@@ -128,3 +130,11 @@ def test_vlb_pieces_are_exact():
             bins, torch.full_like(bins, mean), torch.full_like(bins, log_scale)
         )
         assert abs(logp.exp().sum().item() - 1) < 1e-9
+    # A model with the true x0 and the true posterior variance has L_t = 0 for t > 0.
+    tables = posterior_tables(make_alphas_cumprod("cosine", 1000))
+    x0 = torch.rand(4, 1, 3, 3, dtype=torch.float64) * 2 - 1
+    x_t = torch.randn(4, 1, 3, 3, dtype=torch.float64)
+    t = torch.tensor([1, 10, 500, 999])
+    _, true_log_var = q_posterior(tables, x0, x_t, t)
+    lt = vlb_term_bpd(tables, x0, x_t, t, x0, true_log_var.expand_as(x0))
+    assert lt.abs().max().item() < 1e-12

@@ -23,8 +23,12 @@ SET_HELP = "Override a config key, e.g. --set optim.lr=2e-4 (repeatable)."
 def train(
     config: Path = typer.Argument(..., help="YAML config file (or a run directory)."),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the latest good checkpoint."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and sizes, then exit."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue from the latest good checkpoint."
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Print the resolved config and sizes, then exit."
+    ),
 ) -> None:
     """Train a diffusion model as configured."""
     from difftrain.pipeline.build import check_config
@@ -54,7 +58,9 @@ def sample(
     steps: int = typer.Option(18, "--steps", min=1, help="Sampler steps."),
     seed: int = typer.Option(0, "--seed", min=0, help="Sample i depends only on (seed, i)."),
     class_label: int | None = typer.Option(None, "--class-label", help="Generate only this class."),
-    guidance: float = typer.Option(1.0, "--guidance", min=0.0, help="Classifier-free guidance weight."),
+    guidance: float = typer.Option(
+        1.0, "--guidance", min=0.0, help="Classifier-free guidance weight."
+    ),
     batch_size: int = typer.Option(64, "--batch-size", min=1),
     sampler: str | None = typer.Option(
         None, "--sampler", help="Sampler name (default: the run's sample.sampler)."
@@ -85,7 +91,9 @@ def sample(
     ),
     weights: str = typer.Option("ema", "--weights", help="'ema' or 'model'."),
     out: Path = typer.Option(..., "--out", help="Output directory for PNGs and grid.png."),
-    npz: Path | None = typer.Option(None, "--npz", help="Also write images (and labels) to this .npz."),
+    npz: Path | None = typer.Option(
+        None, "--npz", help="Also write images (and labels) to this .npz."
+    ),
     grid_cols: int | None = typer.Option(None, "--grid-cols", help="Images per grid row."),
 ) -> None:
     """Generate images from a trained run."""
@@ -142,7 +150,9 @@ def sample(
         if k is None:
             raise ConfigError("--class-label: this model is unconditional; drop the option")
         if not 0 <= class_label < k:
-            raise ConfigError(f"--class-label {class_label}: allowed 0..{k - 1} ({', '.join(run.class_names)})")
+            raise ConfigError(
+                f"--class-label {class_label}: allowed 0..{k - 1} ({', '.join(run.class_names)})"
+            )
         labels = torch.full((num,), class_label, dtype=torch.long)
     else:
         labels = default_labels(num, k)
@@ -154,12 +164,26 @@ def sample(
 
     with tqdm(total=num, desc="sample", unit="img") as bar:
         images = generate(
-            run.denoiser, num=num, seed=seed, labels=labels, null_class=k, sampler=sampler,
-            shape=(cfg.data.channels, cfg.data.resolution, cfg.data.resolution), steps=steps,
-            guidance=guidance, sigmas=sigmas, sampler_options=options, guidance_interval=interval,
-            init_images=init, strength=strength, mask=mask_t, resample=resample,
-            batch_size=batch_size, device=device, callback=bar.update,
-        )  # fmt: skip
+            run.denoiser,
+            num=num,
+            seed=seed,
+            labels=labels,
+            null_class=k,
+            sampler=sampler,
+            shape=(cfg.data.channels, cfg.data.resolution, cfg.data.resolution),
+            steps=steps,
+            guidance=guidance,
+            sigmas=sigmas,
+            sampler_options=options,
+            guidance_interval=interval,
+            init_images=init,
+            strength=strength,
+            mask=mask_t,
+            resample=resample,
+            batch_size=batch_size,
+            device=device,
+            callback=bar.update,
+        )
     u8 = to_uint8(images)
     out.mkdir(parents=True, exist_ok=True)
     for i in range(num):
@@ -174,15 +198,24 @@ def sample(
         npz.parent.mkdir(parents=True, exist_ok=True)
         np.savez(npz, **arrays)
     info = {
-        "checkpoint": str(run.checkpoint), "num": num, "sampler": sampler, "steps": steps,
-        "schedule": schedule or cfg.sample.schedule, "options": options, "seed": seed,
-        "guidance": guidance, "guidance_interval": interval,
+        "checkpoint": str(run.checkpoint),
+        "num": num,
+        "sampler": sampler,
+        "steps": steps,
+        "schedule": schedule or cfg.sample.schedule,
+        "options": options,
+        "seed": seed,
+        "guidance": guidance,
+        "guidance_interval": interval,
         "init_image": str(init_image) if init_image else None,
         "strength": strength if init_image else None,
-        "mask": str(mask) if mask else None, "resample": resample,
-    }  # fmt: skip
+        "mask": str(mask) if mask else None,
+        "resample": resample,
+    }
     (out / "sample.json").write_text(json.dumps(info, indent=1))
-    console.print(f"wrote {num} images and grid.png to {out}" + (f"; arrays to {npz}" if npz else ""))
+    console.print(
+        f"wrote {num} images and grid.png to {out}" + (f"; arrays to {npz}" if npz else "")
+    )
 
 
 from difftrain.cli.eval_cmd import evaluate, report  # noqa: E402

@@ -20,6 +20,7 @@ from difftrain.data import ImageData, to_uint8
 from difftrain.eval import metrics as M
 from difftrain.eval.features import FeatureNet, load_feature_net, run_extractor
 from difftrain.eval.likelihood import nll_bits_per_dim
+from difftrain.pipeline.build import build_sigmas
 from difftrain.pipeline.generate import default_labels, generate
 
 METRICS = ("fid", "kid", "pr", "acc", "nll")
@@ -167,9 +168,7 @@ def generate_for_eval(
         sampler=sampler,
         steps=steps,
         guidance=guidance,
-        sigma_min=cfg.diffusion.sigma_min,
-        sigma_max=cfg.diffusion.sigma_max,
-        rho=cfg.sample.rho,
+        sigmas=build_sigmas(cfg, steps),  # the configured sample.schedule
         batch_size=batch_size,
         device=device,
         callback=callback,
@@ -178,24 +177,49 @@ def generate_for_eval(
 
 
 def likelihood(
-    denoiser, cfg: Config, data: ImageData, num: int, steps: int, seed: int, device="cpu"
+    denoiser,
+    cfg: Config,
+    data: ImageData,
+    num: int,
+    steps: int,
+    seed: int,
+    device="cpu",
+    vlb_timesteps: int | None = None,
 ) -> dict[str, float]:
-    """NLL in bits/dim of `num` held-out images (conditional on their labels when present)."""
-    idx = (
-        torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:num].sort().values
-    )
+    """NLL in bits/dim of `num` held-out images (conditional on their labels when present):
+    the probability-flow ODE for every model, plus the variational bound for VP models
+    (all T terms, or an unbiased estimate from `vlb_timesteps` of them)."""
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(data), generator=gen)[:num].sort().values
     part = data.subset(idx)
+    d = cfg.diffusion
     res = nll_bits_per_dim(
         denoiser,
         part.images,
         part.labels,
-        sigma_min=cfg.diffusion.sigma_min,
-        sigma_max=cfg.diffusion.sigma_max,
+        sigma_min=d.sigma_min,
+        sigma_max=d.sigma_max,
         steps=steps,
         seed=seed,
         device=device,
     )
-    return {"nll_bpd": res["bpd"], "nll_bpd_sem": res["bpd_sem"]}
+    out = {"nll_bpd": res["bpd"], "nll_bpd_sem": res["bpd_sem"]}
+    if d.objective in ("vp", "iddpm"):
+        from difftrain.eval.vp_bound import vp_bound_bpd
+        from difftrain.pipeline.build import vp_alphas_cumprod
+
+        vlb = vp_bound_bpd(
+            denoiser,
+            part.images,
+            part.labels,
+            vp_alphas_cumprod(cfg),
+            learned_variance=d.objective == "iddpm",
+            timesteps=vlb_timesteps,
+            seed=seed,
+            device=device,
+        )
+        out.update(vlb_bpd=vlb["bpd"], vlb_bpd_sem=vlb["bpd_sem"])
+    return out
 
 
 class TrainingEvaluator:
@@ -206,7 +230,11 @@ class TrainingEvaluator:
     """
 
     def __init__(self, cfg: Config, train: ImageData, val: ImageData, device="cpu"):
+        from difftrain.samplers import SAMPLERS
+
         e = cfg.eval
+        if e.sampler not in SAMPLERS:
+            raise ConfigError(f"eval.sampler = {e.sampler!r}: allowed {', '.join(SAMPLERS)}")
         self.cfg, self.device, self.num_classes = cfg, device, train.num_classes
         self.metrics = [m for m in e.metrics if not (m == "acc" and train.num_classes is None)]
         extractor, classifier = load_extractors(cfg, self.metrics, e.features)
@@ -252,6 +280,7 @@ class TrainingEvaluator:
                         e.nll_steps,
                         e.seed,
                         self.device,
+                        vlb_timesteps=100,  # unbiased estimate; `difftrain evaluate` sums all T
                     )
                 )
         finally:

@@ -62,9 +62,11 @@ def training_plots(rows: list[dict]) -> list[tuple[str, str]]:
     fig, ax = plt.subplots(figsize=(6.2, 3.6))
     s, v = series(rows, "train/loss")
     if s:
-        ax.plot(s, v, color="#9ab", lw=0.8, label="train (raw)")
         w = max(1, len(v) // 15)
-        ax.plot(s, moving_mean(v, w), color="#2457c5", lw=1.6, label=f"train (mean of {w})")
+        if w > 1:
+            ax.plot(s, v, color="#9ab", lw=0.8, label="train (raw)")
+        label = f"train (mean of {w} logs)" if w > 1 else "train"
+        ax.plot(s, moving_mean(v, w), color="#2457c5", lw=1.6, label=label)
     s, v = series(rows, "val/loss")
     if s:
         ax.plot(s, v, "o-", color="#d1495b", label="validation (mean over σ)")
@@ -111,6 +113,7 @@ def training_plots(rows: list[dict]) -> list[tuple[str, str]]:
         a2.set(xscale="log", yscale="log", xlabel="σ", ylabel="loss", title="Loss vs σ")
         a2.legend(fontsize=7)
         a2.grid(alpha=0.3)
+        fig.tight_layout()
         plots.append(("Validation loss by noise level", _fig_b64(fig)))
 
     panels = [
@@ -172,6 +175,7 @@ def metrics_plot(hist: dict[str, list[tuple[int, float, str]]]) -> str | None:
         ax.legend(fontsize=6)
     for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
+    fig.tight_layout()
     return _fig_b64(fig)
 
 
@@ -180,14 +184,13 @@ def trajectory_figure(run, num: int, seed: int = 0) -> str:
     import matplotlib.pyplot as plt
 
     from difftrain.data import to_uint8
+    from difftrain.pipeline.build import build_sigmas
     from difftrain.pipeline.generate import default_labels
-    from difftrain.samplers import SAMPLERS, CFGDenoiser, karras_sigmas, randn, sample_generators
+    from difftrain.samplers import SAMPLERS, CFGDenoiser, randn, sample_generators
 
     cfg, k = run.config, run.num_classes
     shape = (cfg.data.channels, cfg.data.resolution, cfg.data.resolution)
-    sigmas = karras_sigmas(
-        cfg.sample.steps, cfg.diffusion.sigma_min, cfg.diffusion.sigma_max, cfg.sample.rho
-    )
+    sigmas = build_sigmas(cfg, cfg.sample.steps)  # the configured sample.schedule
     gens = sample_generators(seed, range(num))
     x_t = randn((num, *shape), gens) * sigmas[0]  # the same noise `generate(seed=seed)` uses
     labels = default_labels(num, k)

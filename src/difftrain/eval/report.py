@@ -206,14 +206,24 @@ def write_report(
         data_html = f'<p class="muted">Data not readable now: {html.escape(str(err))}</p>'
     sec.append(("data", "Data", data_html))
     sec.append(
-        ("config", "Config", f"<pre>{html.escape((run_dir / 'config.yaml').read_text())}</pre>")
+        (
+            "config",
+            "Config",
+            "<details open><summary>config.yaml (resolved)</summary>"
+            f"<pre>{html.escape((run_dir / 'config.yaml').read_text())}</pre></details>",
+        )
     )
     env_path = run_dir / "environment.json"
     env = json.loads(env_path.read_text()) if env_path.is_file() else {}
     sec.append(("environment", "Versions and hardware", _table(env) if env else "<p>(missing)</p>"))
     if eval_doc:
         sec.append(
-            ("eval-json", "eval.json", f"<pre>{html.escape(json.dumps(evals, indent=1))}</pre>")
+            (
+                "eval-json",
+                "eval.json",
+                f"<details><summary>{len(evals)} evaluation(s)</summary>"
+                f"<pre>{html.escape(json.dumps(evals, indent=1))}</pre></details>",
+            )
         )
 
     nav = "".join(f'<a href="#{a}">{html.escape(t)}</a>' for a, t, _ in sec)

@@ -25,9 +25,13 @@ PRESETS: dict[str, UNetPreset] = {
     # 28-32 px grayscale on a laptop CPU (the Fashion-MNIST demo).
     "unet-small": UNetPreset((32, 64, 128), 1, (2,), attention_head_dim=32, norm_num_groups=16),
     # 32-64 px RGB on one GPU.
-    "unet-base": UNetPreset((128, 256, 256, 256), 2, (1, 2), attention_head_dim=64, norm_num_groups=32),
+    "unet-base": UNetPreset(
+        (128, 256, 256, 256), 2, (1, 2), attention_head_dim=64, norm_num_groups=32
+    ),
     # 64 px and up.
-    "unet-large": UNetPreset((192, 384, 576, 768), 3, (1, 2, 3), attention_head_dim=64, norm_num_groups=32),
+    "unet-large": UNetPreset(
+        (192, 384, 576, 768), 3, (1, 2, 3), attention_head_dim=64, norm_num_groups=32
+    ),
 }
 
 

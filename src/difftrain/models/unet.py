@@ -38,8 +38,12 @@ class UNetBackbone(nn.Module):
             "out_channels": out_channels or channels,  # 2x for a learned variance (IDDPM)
             "block_out_channels": tuple(preset.block_out_channels),
             "layers_per_block": preset.layers_per_block,
-            "down_block_types": tuple("AttnDownBlock2D" if i in attn else "DownBlock2D" for i in range(n)),
-            "up_block_types": tuple("AttnUpBlock2D" if i in attn else "UpBlock2D" for i in reversed(range(n))),
+            "down_block_types": tuple(
+                "AttnDownBlock2D" if i in attn else "DownBlock2D" for i in range(n)
+            ),
+            "up_block_types": tuple(
+                "AttnUpBlock2D" if i in attn else "UpBlock2D" for i in reversed(range(n))
+            ),
             "attention_head_dim": preset.attention_head_dim,
             "norm_num_groups": preset.norm_num_groups,
             "dropout": dropout,
@@ -55,7 +59,9 @@ class UNetBackbone(nn.Module):
         self, x: torch.Tensor, noise_cond: torch.Tensor, class_labels: torch.Tensor | None = None
     ) -> torch.Tensor:
         if self.num_classes is not None and class_labels is None:
-            class_labels = torch.full((x.shape[0],), self.num_classes, device=x.device, dtype=torch.long)
+            class_labels = torch.full(
+                (x.shape[0],), self.num_classes, device=x.device, dtype=torch.long
+            )
         if self.num_classes is None:
             class_labels = None
         return self.unet(x, noise_cond, class_labels=class_labels).sample

@@ -32,9 +32,11 @@ def check_config(cfg: Config) -> None:
             f"model.preset = {cfg.model.preset!r}: unknown preset (allowed: {', '.join(PRESETS)})"
         )
     preset = resolve_preset(
-        cfg.model.preset, cfg.model.block_out_channels, cfg.model.layers_per_block,
+        cfg.model.preset,
+        cfg.model.block_out_channels,
+        cfg.model.layers_per_block,
         cfg.model.attention_levels,
-    )  # fmt: skip
+    )
     factor = preset.downsample_factor
     if cfg.data.resolution % factor:
         raise ConfigError(
@@ -67,15 +69,21 @@ def vp_alphas_cumprod(cfg: Config) -> torch.Tensor:
 def build_denoiser(cfg: Config, num_classes: int | None) -> nn.Module:
     """The backbone wrapped in its preconditioning: the D(x, sigma, cond) the rest sees."""
     preset = resolve_preset(
-        cfg.model.preset, cfg.model.block_out_channels, cfg.model.layers_per_block,
+        cfg.model.preset,
+        cfg.model.block_out_channels,
+        cfg.model.layers_per_block,
         cfg.model.attention_levels,
-    )  # fmt: skip
+    )
     d = cfg.diffusion
     out_channels = 2 * cfg.data.channels if d.objective == "iddpm" else cfg.data.channels
     backbone = UNetBackbone(
-        preset, cfg.data.resolution, cfg.data.channels, num_classes, cfg.model.dropout,
+        preset,
+        cfg.data.resolution,
+        cfg.data.channels,
+        num_classes,
+        cfg.model.dropout,
         out_channels=out_channels,
-    )  # fmt: skip
+    )
     prediction = d.prediction or "eps"
     preconds = {
         "edm": lambda: EDMPrecond(backbone, sigma_data=d.sigma_data),
@@ -148,8 +156,11 @@ def sampling_kwargs(cfg: Config, steps: int | None = None) -> dict:
 
 def check_schedule(objective: str, schedule: str) -> None:
     """A schedule the objective defines: 'uniform' needs timesteps, 'training' discrete ones."""
-    allowed = {"karras": ("edm", "vp", "iddpm", "flow"), "uniform": ("vp", "iddpm", "flow"),
-               "training": ("vp", "iddpm")}  # fmt: skip
+    allowed = {
+        "karras": ("edm", "vp", "iddpm", "flow"),
+        "uniform": ("vp", "iddpm", "flow"),
+        "training": ("vp", "iddpm"),
+    }
     if schedule not in allowed:
         raise ConfigError(f"sample.schedule = {schedule!r}: allowed {', '.join(allowed)}")
     if objective not in allowed[schedule]:

@@ -42,9 +42,17 @@ def flatten_state(obj: Any, prefix: str = "") -> tuple[dict[str, torch.Tensor], 
             tensors[key] = o.detach().cpu().contiguous()
             return {"__tensor__": key}
         if isinstance(o, dict):
-            return {"__dict__": [[walk(k, f"{key}.k{i}"), walk(v, f"{key}.{i}")] for i, (k, v) in enumerate(o.items())]}
+            return {
+                "__dict__": [
+                    [walk(k, f"{key}.k{i}"), walk(v, f"{key}.{i}")]
+                    for i, (k, v) in enumerate(o.items())
+                ]
+            }
         if isinstance(o, (list, tuple)):
-            return {"__list__": [walk(v, f"{key}.{i}") for i, v in enumerate(o)], "tuple": isinstance(o, tuple)}
+            return {
+                "__list__": [walk(v, f"{key}.{i}") for i, v in enumerate(o)],
+                "tuple": isinstance(o, tuple),
+            }
         if o is None or isinstance(o, (bool, int, float, str)):
             return o
         raise TypeError(f"cannot store {type(o).__name__} at {key!r} in a checkpoint")
@@ -58,7 +66,10 @@ def unflatten_state(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
         if "__tensor__" in skeleton:
             return tensors[skeleton["__tensor__"]]
         if "__dict__" in skeleton:
-            return {unflatten_state(k, tensors): unflatten_state(v, tensors) for k, v in skeleton["__dict__"]}
+            return {
+                unflatten_state(k, tensors): unflatten_state(v, tensors)
+                for k, v in skeleton["__dict__"]
+            }
         if "__list__" in skeleton:
             items = [unflatten_state(v, tensors) for v in skeleton["__list__"]]
             return tuple(items) if skeleton.get("tuple") else items
@@ -75,6 +86,14 @@ def _fsync_dir(path: Path) -> None:
 
 class DiskFullError(CheckpointError):
     """No space left while writing; the previous checkpoints are untouched."""
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """ENOSPC/EDQUOT from Python, or the same OS error wrapped by safetensors' Rust writer."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(err)
+    return "No space left on device" in text or "Disk quota exceeded" in text
 
 
 def write_checkpoint(
@@ -95,7 +114,10 @@ def write_checkpoint(
     tmp.mkdir()
     try:
         for name, group in tensors.items():
-            save_file({k: v.detach().cpu().contiguous() for k, v in group.items()}, tmp / f"{name}.safetensors")
+            save_file(
+                {k: v.detach().cpu().contiguous() for k, v in group.items()},
+                tmp / f"{name}.safetensors",
+            )
             if after_each_file is not None:
                 after_each_file(tmp / f"{name}.safetensors")
         (tmp / "state.json").write_text(json.dumps(state, indent=1))
@@ -112,9 +134,9 @@ def write_checkpoint(
             shutil.rmtree(final)
         os.replace(tmp, final)
         _fsync_dir(ckpt_root)
-    except OSError as err:
+    except Exception as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        if is_disk_full(err):
             prev = list_checkpoints(ckpt_root)
             raise DiskFullError(
                 f"disk full while writing checkpoint step {step} under {ckpt_root}; "
@@ -163,10 +185,16 @@ def latest_good_checkpoint(ckpt_root: Path) -> Path | None:
     return None
 
 
-def read_checkpoint(path: Path, groups: list[str]) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
+def read_checkpoint(
+    path: Path, groups: list[str]
+) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
     """Verify, then load the named tensor groups and state.json."""
     verify_checkpoint(path)
-    tensors = {g: load_file(path / f"{g}.safetensors") for g in groups if (path / f"{g}.safetensors").is_file()}
+    tensors = {
+        g: load_file(path / f"{g}.safetensors")
+        for g in groups
+        if (path / f"{g}.safetensors").is_file()
+    }
     return tensors, json.loads((path / "state.json").read_text())
 
 

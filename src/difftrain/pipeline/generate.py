@@ -90,8 +90,17 @@ def generate(
             if mask is not None:
                 known, m = init, _rows(mask, start, len(idx), shape).to(device)
                 fn = partial(sample_inpaint, sample_fn, known=known, mask=m, resample=resample)
-            x0 = sample_img2img(fn, den, init, sigmas, noise, strength=strength, cond=cond,
-                                generator=gens, **options)  # fmt: skip
+            x0 = sample_img2img(
+                fn,
+                den,
+                init,
+                sigmas,
+                noise,
+                strength=strength,
+                cond=cond,
+                generator=gens,
+                **options,
+            )
         out.append(x0.float().cpu())
         if callback is not None:
             callback(len(idx))

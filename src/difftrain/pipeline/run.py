@@ -27,11 +27,15 @@ class LoadedRun:
         return self.state["data"]["class_names"]
 
 
-def load_run(run_dir: str | Path, weights: str = "ema", checkpoint: str | Path | None = None) -> LoadedRun:
+def load_run(
+    run_dir: str | Path, weights: str = "ema", checkpoint: str | Path | None = None
+) -> LoadedRun:
     """Load config + denoiser from a run directory. `weights` is 'ema' or 'model'."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
-        raise ConfigError(f"{run_dir}: not a run directory (no config.yaml); pass the train.run_dir")
+        raise ConfigError(
+            f"{run_dir}: not a run directory (no config.yaml); pass the train.run_dir"
+        )
     cfg = load_config(run_dir / "config.yaml")
     path = Path(checkpoint) if checkpoint else latest_good_checkpoint(run_dir / "checkpoints")
     if path is None:

@@ -36,7 +36,8 @@ SAMPLERS = {
     "unipc": sample_unipc,
 }
 
-# Samplers whose result depends on the generator (the others accept and ignore it).
+# Samplers whose result can depend on the generator (ddim only with eta > 0); the others
+# accept it and ignore it.
 STOCHASTIC = ("edm-stochastic", "ddim", "ddpm")
 
 

@@ -41,7 +41,9 @@ def parse_faults(text: str | None = None) -> list[Fault]:
             faults.append(Fault(kind, 0, None, arg or None))
             continue
         lo, dash, hi = steps.partition("-")
-        faults.append(Fault(kind, int(lo), (int(hi) if hi else None) if dash else int(lo), arg or None))
+        faults.append(
+            Fault(kind, int(lo), (int(hi) if hi else None) if dash else int(lo), arg or None)
+        )
     return faults
 
 

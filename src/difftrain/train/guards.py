@@ -17,7 +17,9 @@ class SpikeDetector:
     step-to-step noise of a diffusion loss (σ is random per example) from tripping it.
     """
 
-    def __init__(self, window: int = 200, factor: float = 10.0, z: float = 12.0, min_history: int = 20):
+    def __init__(
+        self, window: int = 200, factor: float = 10.0, z: float = 12.0, min_history: int = 20
+    ):
         self.values: deque[float] = deque(maxlen=window)
         self.factor, self.z, self.min_history = factor, z, min_history
 
@@ -40,7 +42,9 @@ class SpikeDetector:
         self.values.extend(values)
 
 
-def classify_step(loss: float, grad_norm: float, loss_spikes: SpikeDetector, grad_spikes: SpikeDetector) -> str | None:
+def classify_step(
+    loss: float, grad_norm: float, loss_spikes: SpikeDetector, grad_spikes: SpikeDetector
+) -> str | None:
     """None for a good step, else the reason it must be skipped."""
     if not math.isfinite(loss):
         return "nonfinite_loss"
@@ -64,7 +68,11 @@ def first_nonfinite(model: nn.Module, run_forward_backward) -> dict:
             order.append(name)
             tensors = out if isinstance(out, (tuple, list)) else [getattr(out, "sample", out)]
             for t in tensors:
-                if isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all():
+                if (
+                    isinstance(t, torch.Tensor)
+                    and t.is_floating_point()
+                    and not torch.isfinite(t).all()
+                ):
                     bad_act.append(name)
                     break
 
@@ -77,7 +85,11 @@ def first_nonfinite(model: nn.Module, run_forward_backward) -> dict:
     finally:
         for h in handles:
             h.remove()
-    bad_grads = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    bad_grads = [
+        n
+        for n, p in model.named_parameters()
+        if p.grad is not None and not torch.isfinite(p.grad).all()
+    ]
     model.zero_grad(set_to_none=True)
     return {
         "loss": float(loss),

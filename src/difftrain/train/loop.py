@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -14,25 +13,33 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from difftrain.config import Config, ConfigError, dump_config
-from difftrain.data import ImageData, random_hflip, to_model_range
+from difftrain.data import to_model_range
 from difftrain.eval.validation import sigma_grid, validation_loss
 from difftrain.pipeline.build import build_denoiser, build_objective, check_config
 from difftrain.pipeline.checkpoint import (
+    DiskFullError,
     flatten_state,
+    is_disk_full,
     latest_good_checkpoint,
     prune_checkpoints,
     read_checkpoint,
     unflatten_state,
     write_checkpoint,
 )
+from difftrain.train.batches import open_batches
 from difftrain.train.ema import EMA, EMABank, ema_beta
-from difftrain.train.faults import checkpoint_delay, inject_loss, install_activation_faults, parse_faults
+from difftrain.train.faults import (
+    checkpoint_delay,
+    inject_loss,
+    install_activation_faults,
+    parse_faults,
+)
 from difftrain.train.guards import SpikeDetector, classify_step, first_nonfinite
 from difftrain.train.metrics import MetricsLogger
 from difftrain.train.optim import build_optimizer, lr_at
 from difftrain.train.posthoc_ema import PowerEMA, save_snapshots, snapshot_due, truncate_snapshots
-from difftrain.train.setup import describe, environment, prepare_data, resolve_precision, write_samples
-from difftrain.train.stream import BatchStream, mix_seed
+from difftrain.train.setup import describe, environment, resolve_precision, write_samples
+from difftrain.train.stream import mix_seed
 
 
 class TrainingDiverged(RuntimeError):
@@ -85,8 +92,15 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
     per_proc = micro // world
     faults = parse_faults()
 
-    # ---- Data: in-memory images at the training resolution, seeded split ----
-    data, val = prepare_data(cfg, run_dir if acc.is_main_process else None)
+    # ---- Data: in-memory tensors or a streaming loader, one interface; seeded validation split ----
+    st = RunState()
+    ckpt_root = run_dir / "checkpoints"
+    start_ckpt = latest_good_checkpoint(ckpt_root) if resume else None
+    if start_ckpt is not None:
+        st = RunState(
+            **json.loads((start_ckpt / "state.json").read_text())["run"]
+        )  # stream position first
+    data, val = open_batches(cfg, rank, world, st.stream, run_dir if acc.is_main_process else None)
     if len(data) < tc.batch_size:
         raise ConfigError(
             f"train.batch_size = {tc.batch_size} exceeds the {len(data)} training images; "
@@ -101,13 +115,13 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
     objective = build_objective(cfg)
     optimizer = build_optimizer(denoiser.parameters(), cfg.optim)
     ema = EMA(denoiser)
-    st = RunState()
-    ckpt_root = run_dir / "checkpoints"
 
     def restore(path: Path) -> None:
         """Load weights, EMA, optimizer and run state from a checkpoint (resume and rollback)."""
         nonlocal st
-        tensors, state = read_checkpoint(path, ["model", "ema", "optimizer", "posthoc_ema", *bank.emas])
+        tensors, state = read_checkpoint(
+            path, ["model", "ema", "optimizer", "posthoc_ema", *bank.emas]
+        )
         acc.unwrap_model(denoiser).load_state_dict(tensors["model"])
         ema.load_state_dict(tensors["ema"])
         optimizer.load_state_dict(unflatten_state(state["optimizer"], tensors["optimizer"]))
@@ -119,7 +133,6 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
             truncate_snapshots(run_dir, st.step)  # later snapshots belong to an abandoned path
 
     # ---- Resume: weights, EMA, optimizer, counters and stream position ----
-    start_ckpt = latest_good_checkpoint(ckpt_root) if resume else None
     if resume and start_ckpt is None:
         acc.print(f"--resume: no checkpoint in {ckpt_root}; starting from step 0")
     if not resume and ckpt_root.exists() and any(ckpt_root.iterdir()):
@@ -131,7 +144,11 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
     ema.model.to(acc.device)
     # Extra classic EMAs and the power-function EMAs whose snapshots allow post-hoc EMA (EDM2).
     bank = EMABank(acc.unwrap_model(denoiser), tc.ema_halflives_kimg)
-    pema = PowerEMA(acc.unwrap_model(denoiser), tc.posthoc_ema_sigma_rels) if tc.posthoc_ema_sigma_rels else None
+    pema = (
+        PowerEMA(acc.unwrap_model(denoiser), tc.posthoc_ema_sigma_rels)
+        if tc.posthoc_ema_sigma_rels
+        else None
+    )
     if start_ckpt is not None:
         restore(start_ckpt)
         acc.print(f"resumed from {start_ckpt} at step {st.step}")
@@ -140,23 +157,31 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
     if acc.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(dump_config(cfg))
-        (run_dir / "environment.json").write_text(json.dumps(environment(precision, world), indent=1))
+        (run_dir / "environment.json").write_text(
+            json.dumps(environment(precision, world), indent=1)
+        )
     logger = MetricsLogger(run_dir, cfg.logging.tensorboard, enabled=acc.is_main_process)
     logger.truncate_after(st.step)
-    stream = BatchStream(len(data), tc.seed, **st.stream)
     loss_spikes = SpikeDetector(tc.spike_window, tc.spike_factor)
     grad_spikes = SpikeDetector(tc.spike_window, tc.spike_factor)
     loss_spikes.load(st.loss_window)
     grad_spikes.load(st.grad_window)
     val_n = min(len(val), 512)  # bounded cost per validation
-    val_x, val_y = to_model_range(val.images[:val_n]), None if val.labels is None else val.labels[:val_n]
+    val_x, val_y = (
+        to_model_range(val.images[:val_n]),
+        None if val.labels is None else val.labels[:val_n],
+    )
     val_sigmas = sigma_grid(n=8)
 
     def save() -> None:
         # Checkpoint: model and EMA as safetensors; optimizer flattened; the rest JSON.
         if not acc.is_main_process:
             return
-        st.stream, st.loss_window, st.grad_window = stream.state(), loss_spikes.state(), grad_spikes.state()
+        st.stream, st.loss_window, st.grad_window = (
+            data.state(),
+            loss_spikes.state(),
+            grad_spikes.state(),
+        )
         opt_tensors, opt_skeleton = flatten_state(optimizer.state_dict())
         state = {
             "step": st.step,
@@ -164,37 +189,53 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
             "optimizer": opt_skeleton,
             "data": {"num_classes": data.num_classes, "class_names": data.class_names},
         }
-        tensors = {"model": acc.unwrap_model(denoiser).state_dict(), "ema": ema.state_dict(), "optimizer": opt_tensors}
-        tensors.update(bank.state_dicts(), **({"posthoc_ema": pema.state_dict()} if pema is not None else {}))
+        tensors = {
+            "model": acc.unwrap_model(denoiser).state_dict(),
+            "ema": ema.state_dict(),
+            "optimizer": opt_tensors,
+        }
+        tensors.update(
+            bank.state_dicts(), **({"posthoc_ema": pema.state_dict()} if pema is not None else {})
+        )
         delay = checkpoint_delay(faults)
-        write_checkpoint(ckpt_root, st.step, tensors, state, (lambda _p: time.sleep(delay)) if delay else None)
+        write_checkpoint(
+            ckpt_root, st.step, tensors, state, (lambda _p: time.sleep(delay)) if delay else None
+        )
         best = {f"step-{s:07d}" for _v, s in st.best}
         prune_checkpoints(ckpt_root, tc.keep_checkpoints, protect=best)
-        (ckpt_root / "best.json").write_text(json.dumps(
-            {"metric": "val/loss", "best": [{"step": s, "value": v, "checkpoint": f"step-{s:07d}"} for v, s in st.best]},
-            indent=1))  # fmt: skip
+        (ckpt_root / "best.json").write_text(
+            json.dumps(
+                {
+                    "metric": "val/loss",
+                    "best": [
+                        {"step": s, "value": v, "checkpoint": f"step-{s:07d}"} for v, s in st.best
+                    ],
+                },
+                indent=1,
+            )
+        )
 
-    def make_batch(step: int, idx: torch.Tensor, gen: torch.Generator):
-        """Images in [-1, 1] and labels for dataset indices, augmented and label-dropped by `gen`."""
-        x = to_model_range(data.images[idx])
-        if cfg.data.hflip:
-            x = random_hflip(x, gen)
+    def micro_batch(batch, m: int, gen: torch.Generator):
+        """Micro-batch m of this process's rows, on the device; labels dropped to null by `gen`."""
+        rows = slice(m * per_proc, (m + 1) * per_proc)
         cond = None
-        if data.labels is not None:
-            cond = data.labels[idx].clone()
-            cond[torch.rand(len(idx), generator=gen) < tc.label_dropout] = data.num_classes  # null class
+        if batch.labels is not None:
+            cond = batch.labels[rows].clone()
+            cond[torch.rand(len(cond), generator=gen) < tc.label_dropout] = (
+                data.num_classes
+            )  # null class
             cond = cond.to(acc.device)
-        return x.to(acc.device), cond
+        return batch.x[rows].to(acc.device), cond
 
     def step_generators(step: int) -> torch.Generator:
         # Randomness of a step is a function of (seed, step, rank): resume needs no RNG state.
         torch.manual_seed(mix_seed(tc.seed, step, rank, 1))  # dropout
         return torch.Generator().manual_seed(mix_seed(tc.seed, step, rank, 2))
 
-    def forensics(step: int, idx: torch.Tensor) -> dict:
+    def forensics(step: int, batch) -> dict:
         """Replay the first micro-batch of a bad step with hooks; write forensics.json."""
         gen = step_generators(step)
-        x, cond = make_batch(step, idx, gen)
+        x, cond = micro_batch(batch, 0, gen)
 
         def forward_backward() -> float:
             with acc.autocast():
@@ -202,11 +243,9 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
             loss.backward()
             return loss.item()
 
-        ids = getattr(data, "ids", None)
         report = {
             "step": step + 1,
-            "sample_ids": [int(ids[i]) if ids is not None else int(i) for i in idx],
-            "sample_files": [data.files[i] for i in idx] if getattr(data, "files", None) else None,
+            "samples": batch.keys[:per_proc],  # file paths, or indices into the loaded set
             **first_nonfinite(acc.unwrap_model(denoiser), forward_backward),
             "lr_scale": st.lr_scale,
             "skip_reasons": st.skip_reasons,
@@ -221,8 +260,13 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
     # ---- The loop ----
     t_start = time.time()
     t_log, imgs_log = time.time(), 0
-    bar = tqdm(total=tc.max_steps, initial=st.step, disable=not (cfg.logging.progress and acc.is_main_process),
-               desc="train", dynamic_ncols=True)  # fmt: skip
+    bar = tqdm(
+        total=tc.max_steps,
+        initial=st.step,
+        disable=not (cfg.logging.progress and acc.is_main_process),
+        desc="train",
+        dynamic_ncols=True,
+    )
     loss_value, bad_streak, rollbacks, stopped_early = float("nan"), 0, 0, False
     denoiser.train()
     while st.step < tc.max_steps:
@@ -231,21 +275,22 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
         for group in optimizer.param_groups:
             group["lr"] = lr
 
-        # Forward/backward over micro-batches; this process takes its slice of each.
-        batch_idx = stream.next(tc.batch_size)
+        # Forward/backward over micro-batches of this process's rows.
+        batch = data.next()
         loss_sum = torch.zeros((), device=acc.device)
         for m in range(tc.grad_accum):
-            idx = batch_idx[m * micro : (m + 1) * micro][rank * per_proc : (rank + 1) * per_proc]
-            x, cond = make_batch(st.step, idx, gen)
+            x, cond = micro_batch(batch, m, gen)
             last = m == tc.grad_accum - 1
-            with acc.autocast(), (acc.no_sync(denoiser) if not last else nullcontext()):
+            with acc.autocast(), acc.no_sync(denoiser) if not last else nullcontext():
                 loss = objective(denoiser, x, cond, gen).mean() / tc.grad_accum
                 loss = inject_loss(faults, st.step, loss)
                 acc.backward(loss)
             loss_sum += loss.detach()
 
         # Guards: clip; skip the update on a non-finite or spiking loss or gradient norm.
-        grad_norm = float(acc.clip_grad_norm_(denoiser.parameters(), cfg.optim.grad_clip or float("inf")))
+        grad_norm = float(
+            acc.clip_grad_norm_(denoiser.parameters(), cfg.optim.grad_clip or float("inf"))
+        )
         loss_value = acc.reduce(loss_sum, reduction="mean").item()
         reason = classify_step(loss_value, grad_norm, loss_spikes, grad_spikes)
         if reason is None:
@@ -257,18 +302,27 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
             st.skipped_steps += 1
             st.skip_reasons[reason] = st.skip_reasons.get(reason, 0) + 1
             bad_streak += 1
-            logger.log(st.step + 1, {"guard/skipped": 1, "guard/reason": reason, "guard/loss": loss_value,
-                                     "guard/grad_norm": grad_norm})  # fmt: skip
-            acc.print(f"step {st.step + 1}: {reason} (loss {loss_value:.4g}, grad norm {grad_norm:.4g}); update skipped")
+            logger.log(
+                st.step + 1,
+                {
+                    "guard/skipped": 1,
+                    "guard/reason": reason,
+                    "guard/loss": loss_value,
+                    "guard/grad_norm": grad_norm,
+                },
+            )
+            acc.print(
+                f"step {st.step + 1}: {reason} (loss {loss_value:.4g}, grad norm {grad_norm:.4g}); update skipped"
+            )
         optimizer.zero_grad(set_to_none=True)
 
         # Rollback after a streak of bad steps: last good checkpoint, lower LR; stop after too many.
         if bad_streak >= tc.max_bad_steps:
-            bad_idx, bad_step = batch_idx, st.step
+            bad_batch, bad_step = batch, st.step
             rollbacks += 1
             good = latest_good_checkpoint(ckpt_root)
             if rollbacks > tc.max_rollbacks or good is None:
-                report = forensics(bad_step, bad_idx[:per_proc])
+                report = forensics(bad_step, bad_batch)
                 raise TrainingDiverged(
                     f"{bad_streak} bad steps in a row after {rollbacks - 1} rollbacks; first non-finite "
                     f"activation: {report['first_nonfinite_activation']}; see {run_dir / 'forensics.json'}"
@@ -276,68 +330,119 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
             scale = st.lr_scale * tc.rollback_lr_factor
             restore(good)
             st.lr_scale = scale
-            stream = BatchStream(len(data), tc.seed, **st.stream)
+            data.restore(st.stream)
             loss_spikes.load(st.loss_window)
             grad_spikes.load(st.grad_window)
             bad_streak = 0
             logger.log(st.step, {"guard/rollback": rollbacks, "guard/lr_scale": scale})
-            acc.print(f"rolled back to {good.name}; LR scale now {scale:g} (rollback {rollbacks}/{tc.max_rollbacks})")
+            acc.print(
+                f"rolled back to {good.name}; LR scale now {scale:g} (rollback {rollbacks}/{tc.max_rollbacks})"
+            )
             bar.n = st.step
             continue
 
         # EMA: half-life in images, so it does not depend on the batch size.
         st.images_seen += tc.batch_size
         if reason is None:
-            ema.update(acc.unwrap_model(denoiser), ema_beta(tc.batch_size, tc.ema_halflife_kimg, st.images_seen, tc.ema_rampup))
+            ema.update(
+                acc.unwrap_model(denoiser),
+                ema_beta(tc.batch_size, tc.ema_halflife_kimg, st.images_seen, tc.ema_rampup),
+            )
             bank.update(acc.unwrap_model(denoiser), tc.batch_size, st.images_seen, tc.ema_rampup)
         st.step += 1
         if pema is not None:  # every step, skipped ones too (the weights were held)
             pema.update(acc.unwrap_model(denoiser), st.step)
-            if acc.is_main_process and snapshot_due(st.step, tc.posthoc_snapshot_every, tc.max_steps):
-                save_snapshots(run_dir, pema)
+            if acc.is_main_process and snapshot_due(
+                st.step, tc.posthoc_snapshot_every, tc.max_steps
+            ):
+                try:
+                    save_snapshots(run_dir, pema)
+                except Exception as err:
+                    if is_disk_full(err):
+                        raise DiskFullError(
+                            f"disk full while writing post-hoc EMA snapshots in {run_dir}; "
+                            "free space, then run again with --resume"
+                        ) from None
+                    raise
         imgs_log += tc.batch_size
         bar.update(1)
 
         # Log: loss, grad norm, LR, throughput.
         if st.step % tc.log_every == 0 or st.step == tc.max_steps:
             now = time.time()
-            logger.log(st.step, {
-                "train/loss": loss_value, "train/grad_norm": grad_norm, "train/lr": lr,
-                "train/img_per_s": imgs_log / max(now - t_log, 1e-9), "train/images_seen": st.images_seen,
-                "train/skipped_steps": st.skipped_steps, "train/epoch": stream.epoch,
-            })  # fmt: skip
+            logger.log(
+                st.step,
+                {
+                    "train/loss": loss_value,
+                    "train/grad_norm": grad_norm,
+                    "train/lr": lr,
+                    "train/img_per_s": imgs_log / max(now - t_log, 1e-9),
+                    "train/images_seen": st.images_seen,
+                    "train/skipped_steps": st.skipped_steps,
+                    "train/epoch": data.state()["epoch"],
+                },
+            )
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
             t_log, imgs_log = now, 0
 
         # Sample grid from the EMA weights, same seeds every time.
         at_end = st.step == tc.max_steps
         if acc.is_main_process and (st.step % tc.sample_every == 0 or at_end):
-            write_samples(ema.model, cfg, data, run_dir / "samples" / f"step-{st.step:07d}.png", acc.device)
+            write_samples(
+                ema.model,
+                cfg,
+                data.num_classes,
+                run_dir / "samples" / f"step-{st.step:07d}.png",
+                acc.device,
+            )
 
         # Validation at each checkpoint: best-k bookkeeping and early stopping.
         if st.step % tc.checkpoint_every == 0 or at_end:
             if acc.is_main_process and val_n:
-                metrics = validation_loss(ema.model, val_x, val_y, val_sigmas, cfg.diffusion.sigma_data,
-                                          seed=tc.seed, device=acc.device)  # fmt: skip
+                metrics = validation_loss(
+                    ema.model,
+                    val_x,
+                    val_y,
+                    val_sigmas,
+                    cfg.diffusion.sigma_data,
+                    seed=tc.seed,
+                    device=acc.device,
+                )
                 logger.log(st.step, metrics)
                 v = metrics["val/loss"]
                 improved = not st.best or v < st.best[0][0] - tc.early_stopping_min_delta
                 st.since_improvement = 0 if improved else st.since_improvement + 1
                 if tc.keep_best:
                     st.best = sorted([*st.best, [v, st.step]])[: tc.keep_best]
-            stop = tc.early_stopping_patience is not None and st.since_improvement >= tc.early_stopping_patience
-            stop = bool(acc.reduce(torch.tensor(float(stop), device=acc.device), reduction="sum").item())
+            stop = (
+                tc.early_stopping_patience is not None
+                and st.since_improvement >= tc.early_stopping_patience
+            )
+            stop = bool(
+                acc.reduce(torch.tensor(float(stop), device=acc.device), reduction="sum").item()
+            )
             save()
             if stop:
                 stopped_early = True
                 if pema is not None and acc.is_main_process:
                     save_snapshots(run_dir, pema)
-                acc.print(f"early stopping at step {st.step}: no val/loss improvement in "
-                          f"{st.since_improvement} validations; best {st.best[0] if st.best else None}")  # fmt: skip
+                acc.print(
+                    f"early stopping at step {st.step}: no val/loss improvement in "
+                    f"{st.since_improvement} validations; best {st.best[0] if st.best else None}"
+                )
                 break
         acc.wait_for_everyone()
 
     bar.close()
     logger.close()
-    return RunSummary(run_dir, st.step, st.images_seen, loss_value, st.skipped_steps, rollbacks, stopped_early,
-                      time.time() - t_start)  # fmt: skip
+    data.close()
+    return RunSummary(
+        run_dir,
+        st.step,
+        st.images_seen,
+        loss_value,
+        st.skipped_steps,
+        rollbacks,
+        stopped_early,
+        time.time() - t_start,
+    )

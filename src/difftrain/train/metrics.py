@@ -24,7 +24,12 @@ class MetricsLogger:
         if not self.enabled:
             return
         row = {"step": step, "time": round(time.time(), 3)}
-        row.update({k: (v if isinstance(v, (int, str)) or math.isfinite(v) else str(v)) for k, v in values.items()})
+        row.update(
+            {
+                k: (v if isinstance(v, (int, str)) or math.isfinite(v) else str(v))
+                for k, v in values.items()
+            }
+        )
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
         if self.tb is not None:

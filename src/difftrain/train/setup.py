@@ -30,7 +30,7 @@ def prepare_data(cfg: Config, run_dir: Path | None) -> tuple[ImageData, ImageDat
     return full.split(cfg.data.val_fraction, cfg.train.seed)
 
 
-def describe(cfg: Config, data: ImageData, val: ImageData, n_params: int) -> dict:
+def describe(cfg: Config, data, val: ImageData, n_params: int) -> dict:
     """What a dry run prints: sizes and step counts."""
     steps_per_epoch = len(data) / cfg.train.batch_size
     return {
@@ -41,13 +41,13 @@ def describe(cfg: Config, data: ImageData, val: ImageData, n_params: int) -> dic
         "steps_per_epoch": round(steps_per_epoch, 2),
         "total_steps": cfg.train.max_steps,
         "epochs": round(cfg.train.max_steps / steps_per_epoch, 2),
-        "skipped_files": {k: len(v) for k, v in data.skipped.items()},
+        "skipped_files": {k: len(v) for k, v in data.bad.by_reason.items()},
     }
 
 
-def write_samples(denoiser, cfg: Config, data: ImageData, path: Path, device) -> None:
+def write_samples(denoiser, cfg: Config, num_classes: int | None, path: Path, device) -> None:
     """A grid of samples from fixed seeds (one row per class when class-conditional)."""
-    num, k = cfg.sample.num, data.num_classes
+    num, k = cfg.sample.num, num_classes
     if k:
         num = k * max(1, round(num / k))  # whole rows per class
     images = generate(
@@ -78,7 +78,9 @@ def environment(precision: str, world: int) -> dict:
         "diffusers": diffusers.__version__,
         "accelerate": accelerate.__version__,
         "cuda": torch.cuda.is_available(),
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor(),
+        "device": torch.cuda.get_device_name(0)
+        if torch.cuda.is_available()
+        else platform.processor(),
         "mixed_precision": precision,
         "processes": world,
         "git_commit": _git_commit(),
@@ -87,7 +89,9 @@ def environment(precision: str, world: int) -> dict:
 
 def _git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
         return out.stdout.strip() or None
     except (OSError, subprocess.TimeoutExpired):
         return None
