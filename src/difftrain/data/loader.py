@@ -184,7 +184,7 @@ class _Decoder(Dataset):
         gen = sample_generator(self.seed, *pos)
         offset = tuple(torch.rand(2, generator=gen).tolist())
         img = fit(img, size, self.cfg.resize, offset)
-        x = torch.from_numpy(np.ascontiguousarray(to_array(img, self.cfg.channels))).float()
+        x = torch.from_numpy(np.array(to_array(img, self.cfg.channels), dtype=np.float32))
         x = x.div_(127.5).sub_(1.0)[None]
         return augment(x, self.cfg.augment, self.hflip_p, gen)[0]
 
