@@ -121,6 +121,7 @@ class SampleQuality:
 
     def __call__(self, fake_u8: torch.Tensor, labels: torch.Tensor | None) -> dict[str, float]:
         out: dict[str, float] = {}
+        logits = None
         if self.extractor is not None:
             fake_feats, logits = run_extractor(
                 self.extractor.net, fake_u8, self.batch_size, self.device
@@ -137,7 +138,8 @@ class SampleQuality:
         if "acc" in self.metrics and self.classifier is not None:
             if labels is None:
                 raise ConfigError("--metrics acc needs a class-conditional model; drop 'acc'")
-            _, logits = run_extractor(self.classifier, fake_u8, self.batch_size, self.device)
+            if logits is None or self.extractor.net is not self.classifier:
+                _, logits = run_extractor(self.classifier, fake_u8, self.batch_size, self.device)
             out["acc"] = float((logits.argmax(1) == labels).double().mean())
         return out
 

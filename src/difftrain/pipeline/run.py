@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from torch import nn
+
 from difftrain.config import Config, ConfigError, load_config
-from difftrain.diffusion import EDMPrecond
 from difftrain.pipeline.build import build_denoiser
 from difftrain.pipeline.checkpoint import CheckpointError, latest_good_checkpoint, read_checkpoint
 
@@ -14,7 +15,7 @@ from difftrain.pipeline.checkpoint import CheckpointError, latest_good_checkpoin
 @dataclass
 class LoadedRun:
     config: Config
-    denoiser: EDMPrecond
+    denoiser: nn.Module  # D(x, sigma, cond) for the run's objective
     checkpoint: Path
     state: dict
 

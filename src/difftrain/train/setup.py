@@ -10,6 +10,7 @@ import torch
 
 from difftrain.config import Config
 from difftrain.data import ImageData, load_data, to_uint8, write_bad_files
+from difftrain.pipeline.build import sampling_kwargs
 from difftrain.pipeline.generate import default_labels, generate, make_grid, save_image
 
 
@@ -57,12 +58,9 @@ def write_samples(denoiser, cfg: Config, num_classes: int | None, path: Path, de
         seed=cfg.sample.seed,
         labels=default_labels(num, k),
         null_class=k,
-        steps=cfg.sample.steps,
         guidance=cfg.sample.guidance,
-        sigma_min=cfg.diffusion.sigma_min,
-        sigma_max=cfg.diffusion.sigma_max,
-        rho=cfg.sample.rho,
         device=device,
+        **sampling_kwargs(cfg),  # the configured sampler, schedule and options
     )
     save_image(make_grid(to_uint8(images), num // k if k else None), path, min_side=256)
 
