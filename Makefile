@@ -37,10 +37,12 @@ system-deps:
 	fi
 
 demo: install system-deps
+	rm -rf runs/demo
 	$(BIN)/difftrain train configs/fashion-mnist.yaml --set train.run_dir=runs/demo
-	$(BIN)/difftrain sample runs/demo --num 100 --grid-rows 10 --by-class --seed 0 --out runs/demo/demo-samples
-	cp runs/demo/demo-samples/grid.png runs/demo/samples.png
-	@echo "Demo samples (one row per class): runs/demo/samples.png"
+	# 100 samples, 10 per class: the grid has one row per garment class.
+	$(BIN)/difftrain sample runs/demo --num 100 --seed 0 --out runs/demo/generated
+	cp runs/demo/generated/grid.png runs/demo/samples.png
+	@echo "Demo samples (one row per class, T-shirt/top at the top to Ankle boot at the bottom): runs/demo/samples.png"
 
 # Chromium renders report.html in a test (skipped without it). As root we install it; otherwise we say how.
 system-deps-test:

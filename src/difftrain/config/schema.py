@@ -331,11 +331,13 @@ class FeaturesConfig(Section):
 class EvalConfig(Section):
     """Sample-quality evaluation during training (from the EMA weights) and by default on demand."""
 
-    every: int = Field(0, ge=0, description="evaluate every N steps (and at the end); 0 = off")
+    every: int = Field(
+        0, ge=0, description="evaluate every N steps (and at the end); 0 = off; needs a feature net"
+    )
     metrics: list[Literal["fid", "kid", "pr", "acc", "nll"]] = Field(
         ["fid", "kid", "pr", "acc"], description="fid, kid, pr (precision/recall), acc, nll"
     )
-    num: int = Field(500, gt=3, description="generated (and reference) images per evaluation")
+    num: int = Field(300, gt=3, description="generated (and reference) images per evaluation")
     steps: int = Field(10, gt=0, description="sampler steps for evaluation samples")
     sampler: str = Field("heun", description="sampler name (see difftrain.samplers.SAMPLERS)")
     seed: int = Field(1, ge=0, description="generation seed (sample i depends on (seed, i))")
