@@ -338,8 +338,10 @@ class EvalConfig(Section):
         ["fid", "kid", "pr", "acc"], description="fid, kid, pr (precision/recall), acc, nll"
     )
     num: int = Field(300, gt=3, description="generated (and reference) images per evaluation")
-    steps: int = Field(10, gt=0, description="sampler steps for evaluation samples")
-    sampler: str = Field("heun", description="sampler name (see difftrain.samplers.SAMPLERS)")
+    # One denoiser call per step: 12 calls per image keeps two evaluations of the Fashion-MNIST
+    # demo under 10% of its training time (bench/eval_speed.py).
+    steps: int = Field(12, gt=0, description="sampler steps for evaluation samples")
+    sampler: str = Field("dpmpp-2m", description="sampler name (see difftrain.samplers.SAMPLERS)")
     seed: int = Field(1, ge=0, description="generation seed (sample i depends on (seed, i))")
     features: Literal["domain", "inception"] = "domain"
     feature_net: Path | None = Field(None, description="domain net dir; null = <run_dir>/features")
