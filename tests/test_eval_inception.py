@@ -6,8 +6,6 @@ shapes (random values) goes through the same code path a user's real file takes.
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 
@@ -90,17 +88,3 @@ def test_a_wrong_file_is_rejected(tmp_path):
 def test_tf1_resize_of_a_constant_image_is_constant():
     x = torch.full((1, 3, 28, 28), 77.0)
     assert torch.equal(inc.resize_like_tf1(x, 299), torch.full((1, 3, 299, 299), 77.0))
-
-
-@pytest.mark.skipif(
-    importlib.util.find_spec("torch_fidelity") is None, reason="torch-fidelity absent"
-)
-def test_parity_with_torch_fidelity(random_weight_file):
-    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-
-    ref = FeatureExtractorInceptionV3(
-        "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(random_weight_file)
-    )
-    ours, _ = inc.load_inception(random_weight_file)
-    x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
-    assert torch.equal(ours(x), ref(x)[0])
