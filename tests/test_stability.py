@@ -291,3 +291,51 @@ def test_early_stopping_keeps_and_marks_the_best(tiny_args, tmp_path, monkeypatc
     assert kept == sorted(
         {f"step-{best[0]['step']:07d}", "step-0000030"}
     )  # latest + best survive pruning
+
+
+def test_in_training_evaluation_selects_the_best_checkpoint(tiny_args, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    feats = runner.invoke(
+        app,
+        [
+            "features",
+            "train",
+            str(TINY),
+            "--set",
+            f"train.run_dir={run}",
+            "--set",
+            "features.width=8",
+            "--set",
+            "features.feature_dim=16",
+            "--set",
+            "features.epochs=1",
+            "--set",
+            "logging.progress=false",
+        ],
+    )
+    assert feats.exit_code == 0, feats.output
+    args = tiny_args(
+        run,
+        **{
+            "eval.every": 10,
+            "eval.num": 20,
+            "eval.steps": 2,
+            "eval.metrics": "[fid,acc]",
+            "train.best_metric": "eval/fid_domain",
+            "train.keep_best": 1,
+        },
+    )
+    res = train_in_process(args, monkeypatch)
+    assert res.exit_code == 0, res.output
+    evals = {r["step"]: r["eval/fid_domain"] for r in rows(run) if "eval/fid_domain" in r}
+    assert sorted(evals) == [10, 20, 30]
+    best = json.loads((run / "checkpoints/best.json").read_text())
+    assert best["metric"] == "eval/fid_domain"
+    assert best["best"][0]["value"] == min(evals.values())
+
+
+def test_best_metric_needs_a_matching_eval_schedule(tiny_args, tmp_path):
+    res = runner.invoke(
+        app, ["train", *tiny_args(tmp_path / "r", **{"train.best_metric": "eval/fid_domain"})]
+    )
+    assert res.exit_code == 2 and "eval.every" in res.output

@@ -106,7 +106,9 @@ class ModelConfig(Section):
     preset: str = Field("unet-small", description="named size preset (see models.presets)")
     block_out_channels: list[int] | None = Field(None, description="override the preset widths")
     layers_per_block: int | None = Field(None, gt=0)
-    attention_levels: list[int] | None = Field(None, description="levels (0 = highest res) with attention")
+    attention_levels: list[int] | None = Field(
+        None, description="levels (0 = highest res) with attention"
+    )
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
 
@@ -243,7 +245,9 @@ class TrainConfig(Section):
     max_bad_steps: int = Field(5, gt=0, description="consecutive skipped steps before a rollback")
     max_rollbacks: int = Field(3, ge=0, description="rollbacks before stopping with a report")
     rollback_lr_factor: float = Field(0.5, gt=0, le=1, description="LR multiplier per rollback")
-    spike_factor: float = Field(10.0, gt=1, description="a loss/grad-norm this many × the median is a spike")
+    spike_factor: float = Field(
+        10.0, gt=1, description="a loss/grad-norm this many × the median is a spike"
+    )
     spike_window: int = Field(200, ge=10, description="steps in the rolling window for spikes")
     # Validation (at every checkpoint), best checkpoints and early stopping.
     keep_best: int = Field(1, ge=0, description="also keep this many best checkpoints by val/loss")
@@ -251,6 +255,11 @@ class TrainConfig(Section):
         None, gt=0, description="stop after this many validations without improvement; null = off"
     )
     early_stopping_min_delta: float = Field(0.0, ge=0)
+    best_metric: str = Field(
+        "val/loss",
+        description="lower-is-better metric for best checkpoints and early stopping: val/loss or "
+        "an in-training eval metric such as eval/fid_domain (needs eval.every)",
+    )
 
     @model_validator(mode="after")
     def _accum_divides(self) -> TrainConfig:

@@ -55,6 +55,16 @@ def check_config(cfg: Config) -> None:
             f"multiple of {groups} (the preset's group-norm groups)"
         )
     check_data(cfg.data, factor)
+    best = cfg.train.best_metric
+    if best != "val/loss" and not best.startswith("eval/"):
+        raise ConfigError(f"train.best_metric = {best!r}: use val/loss or an eval/... metric")
+    if best.startswith("eval/") and (
+        cfg.eval.every == 0 or cfg.eval.every % cfg.train.checkpoint_every
+    ):
+        raise ConfigError(
+            f"train.best_metric = {best!r} needs eval.every to be a positive multiple of "
+            f"train.checkpoint_every ({cfg.train.checkpoint_every}); eval.every = {cfg.eval.every}"
+        )
     check_schedule(cfg.diffusion.objective, cfg.sample.schedule)
 
 

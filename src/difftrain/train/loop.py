@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from difftrain.config import Config, ConfigError, dump_config
 from difftrain.data import to_model_range
+from difftrain.eval.evaluate import TrainingEvaluator
 from difftrain.eval.validation import sigma_grid, validation_loss
 from difftrain.pipeline.build import build_denoiser, build_objective, check_config
 from difftrain.pipeline.checkpoint import (
@@ -172,6 +173,12 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
         None if val.labels is None else val.labels[:val_n],
     )
     val_sigmas = sigma_grid(n=8)
+    # Sample-quality evaluation during training (off unless eval.every > 0); main process only.
+    evaluator = None
+    if acc.is_main_process:
+        evaluator = TrainingEvaluator.from_config(
+            cfg, getattr(data, "data", val), val, device=acc.device
+        )
 
     def save() -> None:
         # Checkpoint: model and EMA as safetensors; optimizer flattened; the rest JSON.
@@ -206,7 +213,7 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
         (ckpt_root / "best.json").write_text(
             json.dumps(
                 {
-                    "metric": "val/loss",
+                    "metric": tc.best_metric,
                     "best": [
                         {"step": s, "value": v, "checkpoint": f"step-{s:07d}"} for v, s in st.best
                     ],
@@ -396,7 +403,7 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
                 acc.device,
             )
 
-        # Validation at each checkpoint: best-k bookkeeping and early stopping.
+        # Validation (and sample-quality evaluation when due): best-k and early stopping.
         if st.step % tc.checkpoint_every == 0 or at_end:
             if acc.is_main_process and val_n:
                 metrics = validation_loss(
@@ -408,12 +415,15 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
                     seed=tc.seed,
                     device=acc.device,
                 )
+                if evaluator is not None and evaluator.due(st.step):
+                    metrics.update(evaluator(ema.model, st.step))
                 logger.log(st.step, metrics)
-                v = metrics["val/loss"]
-                improved = not st.best or v < st.best[0][0] - tc.early_stopping_min_delta
-                st.since_improvement = 0 if improved else st.since_improvement + 1
-                if tc.keep_best:
-                    st.best = sorted([*st.best, [v, st.step]])[: tc.keep_best]
+                v = metrics.get(tc.best_metric)  # absent when no evaluation ran at this step
+                if v is not None:
+                    improved = not st.best or v < st.best[0][0] - tc.early_stopping_min_delta
+                    st.since_improvement = 0 if improved else st.since_improvement + 1
+                    if tc.keep_best:
+                        st.best = sorted([*st.best, [v, st.step]])[: tc.keep_best]
             stop = (
                 tc.early_stopping_patience is not None
                 and st.since_improvement >= tc.early_stopping_patience
