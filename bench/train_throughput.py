@@ -42,9 +42,9 @@ def ours(cfg, steps: int, warmup: int) -> float:
         c.data.val_fraction = 0.0
         train(c)
         rows = [json.loads(r) for r in (c.train.run_dir / "metrics.jsonl").read_text().splitlines()]
-        t = [r["time"] for r in rows if "train/loss" in r]
-        # rows at step warmup and warmup+steps: the second interval is pure training.
-        return steps * c.train.batch_size / (t[-1] - t[-2])
+        t = {r["step"]: r["time"] for r in rows if "train/loss" in r}
+        # Rows at exactly `warmup` and `warmup + steps`: the images trained between them.
+        return steps * c.train.batch_size / (t[warmup + steps] - t[warmup])
 
 
 def plain(cfg, images: torch.Tensor, labels, steps: int, warmup: int) -> float:
@@ -92,6 +92,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--set", action="append", default=[], help="config override")
     args = ap.parse_args()
+    if args.steps % args.warmup:
+        ap.error("--steps must be a multiple of --warmup (metrics are logged every --warmup steps)")
     cfg = load_config(args.config, args.set)
     data = load_data(cfg.data)
     results = {"difftrain": [], "plain": []}
