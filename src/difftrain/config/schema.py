@@ -359,6 +359,31 @@ class EvalConfig(Section):
     nll_steps: int = Field(32, gt=1, description="ODE steps for the likelihood")
 
 
+class LatentConfig(Section):
+    """Latent diffusion: train the denoiser on an autoencoder's latents (null = pixel space)."""
+
+    autoencoder: Path | None = Field(
+        None,
+        description="difftrain autoencoder run dir or diffusers AutoencoderKL dir; null = pixels",
+    )
+    cache: bool = Field(
+        True,
+        description="encode the data once into an on-disk cache (false = encode every step, "
+        "which also allows every pixel augmentation)",
+    )
+    cache_dir: Path | None = Field(
+        None, description="where latent caches live (one subfolder per key); null = <run_dir>/latents"
+    )
+    scaling_factor: float | None = Field(
+        None, gt=0, description="x0 = latent × this; null = the autoencoder's config value"
+    )
+    sample_posterior: bool = Field(
+        True, description="each step draws z = mean + std·ε (seeded); false = the posterior mean"
+    )
+    shard_size: int = Field(4096, gt=0, description="images per cache shard file")
+    encode_batch_size: int = Field(32, gt=0, description="images per autoencoder call")
+
+
 class LoggingConfig(Section):
     tensorboard: bool = True
     progress: bool = True
@@ -374,3 +399,4 @@ class Config(Section):
     eval: EvalConfig = EvalConfig()
     features: FeaturesConfig = FeaturesConfig()
     logging: LoggingConfig = LoggingConfig()
+    latent: LatentConfig = LatentConfig()
