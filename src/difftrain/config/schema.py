@@ -98,7 +98,15 @@ class DataConfig(Section):
         64_000_000, gt=0, description="refuse images with more pixels (decompression bombs)"
     )
     max_bad_fraction: float = Field(
-        0.05, ge=0, le=1, description="abort at start when a larger share of files is unusable"
+        0.05,
+        ge=0,
+        le=1,
+        description="abort (at start or while training) when a larger share of files is unusable",
+    )
+    max_member_bytes: int = Field(
+        64 * 2**20,
+        gt=0,
+        description="webdataset: largest tar member read; a larger one makes its sample bad",
     )
 
 

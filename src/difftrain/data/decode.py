@@ -29,6 +29,11 @@ REASONS = {
     "truncated": "image data ends early",
     "corrupt": "image data cannot be decoded",
     "no_image": "sample has no image field",
+    "bad_label": "a .cls side file (or JSON label) that is not a non-negative integer",
+    "bad_metadata": "a .json side file that is not valid JSON, or has fields of the wrong type",
+    "bad_caption": "a caption side file that is not UTF-8 text",
+    "duplicate": "a tar member name (or sample key) that appears twice in one shard",
+    "member_too_large": "a tar member over data.max_member_bytes (skipped, never read)",
 }
 
 HIGH_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
@@ -49,13 +54,19 @@ class BadFiles:
 
     total: int = 0
     files: list[dict] = field(default_factory=list)  # {"path", "reason", "detail"}
+    _seen: set[str] = field(default_factory=set, repr=False, compare=False)
 
-    def add(self, path: str, reason: str, detail: str = "") -> None:
+    def add(self, path: str, reason: str, detail: str = "") -> bool:
+        """Record a bad input once (found again, e.g. in a later epoch: not counted twice)."""
+        if str(path) in self._seen:
+            return False
+        self._seen.add(str(path))
         self.files.append({"path": str(path), "reason": reason, "detail": detail[:300]})
+        return True
 
     def extend(self, other: BadFiles) -> None:
-        seen = {f["path"] for f in self.files}
-        self.files.extend(f for f in other.files if f["path"] not in seen)
+        for f in other.files:
+            self.add(f["path"], f["reason"], f["detail"])
 
     def __len__(self) -> int:
         return len(self.files)
