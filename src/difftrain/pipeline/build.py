@@ -22,6 +22,7 @@ from difftrain.diffusion import (
     vp_sigmas,
 )
 from difftrain.models import PRESETS, UNetBackbone, resolve_preset
+from difftrain.pipeline.latent import check_latent_config, sample_shape
 from difftrain.samplers import flow_sigmas, karras_sigmas, training_sigmas, uniform_sigmas
 
 
@@ -38,6 +39,7 @@ def check_config(cfg: Config) -> None:
         cfg.model.attention_levels,
     )
     factor = preset.downsample_factor
+    check_latent_config(cfg, factor)  # resolution vs AE × U-Net downsampling, cacheable augments
     if cfg.data.resolution % factor:
         raise ConfigError(
             f"data.resolution = {cfg.data.resolution}: must be divisible by {factor}, the "
@@ -76,8 +78,15 @@ def vp_alphas_cumprod(cfg: Config) -> torch.Tensor:
     )
 
 
-def build_denoiser(cfg: Config, num_classes: int | None) -> nn.Module:
-    """The backbone wrapped in its preconditioning: the D(x, sigma, cond) the rest sees."""
+def build_denoiser(
+    cfg: Config, num_classes: int | None, shape: tuple[int, int, int] | None = None
+) -> nn.Module:
+    """The backbone wrapped in its preconditioning: the D(x, sigma, cond) the rest sees.
+
+    `shape` (C, H, W) is what the denoiser works in; default `sample_shape(cfg)` (pixels, or
+    the latents of latent.autoencoder).
+    """
+    channels, resolution, _ = shape or sample_shape(cfg)
     preset = resolve_preset(
         cfg.model.preset,
         cfg.model.block_out_channels,
@@ -85,11 +94,11 @@ def build_denoiser(cfg: Config, num_classes: int | None) -> nn.Module:
         cfg.model.attention_levels,
     )
     d = cfg.diffusion
-    out_channels = 2 * cfg.data.channels if d.objective == "iddpm" else cfg.data.channels
+    out_channels = 2 * channels if d.objective == "iddpm" else channels
     backbone = UNetBackbone(
         preset,
-        cfg.data.resolution,
-        cfg.data.channels,
+        resolution,
+        channels,
         num_classes,
         cfg.model.dropout,
         out_channels=out_channels,
