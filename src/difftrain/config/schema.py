@@ -314,6 +314,9 @@ class SampleConfig(Section):
     )
     guidance: float = Field(1.0, ge=0, description="classifier-free guidance weight; 1 = off")
     num: int = Field(64, gt=0, description="images in each training-time grid")
+    prompts: list[str] = Field(
+        [], description="text models: grid prompts (one row each); [] = first validation captions"
+    )
     seed: int = Field(0, ge=0)
 
     @model_validator(mode="after")
@@ -392,6 +395,41 @@ class LatentConfig(Section):
     encode_batch_size: int = Field(32, gt=0, description="images per autoencoder call")
 
 
+class TextConfig(Section):
+    """Text conditioning: captions → token ids → a text encoder the backbone cross-attends to."""
+
+    encoder: Literal["none", "scratch", "path"] = Field(
+        "none",
+        description="none = no text; scratch = a small CLIP text model trained with the "
+        "denoiser; path = a frozen pretrained CLIP text encoder + tokenizer from text.path",
+    )
+    path: Path | None = Field(None, description="local pretrained model dir (encoder: path)")
+    tokenizer: Literal["bpe", "byte"] = Field(
+        "bpe",
+        description="scratch encoder: byte-level BPE trained on the training captions (saved "
+        "as <run_dir>/text/tokenizer.json) or raw UTF-8 bytes",
+    )
+    vocab_size: int = Field(2048, ge=300, le=65536, description="BPE vocabulary size (at most)")
+    lowercase: bool = Field(True, description="lower-case captions and prompts (scratch)")
+    width: int = Field(128, gt=0, description="scratch encoder hidden size")
+    layers: int = Field(2, gt=0, le=48, description="scratch encoder transformer layers")
+    heads: int = Field(4, gt=0, description="scratch encoder attention heads")
+    max_length: int = Field(24, ge=3, le=512, description="tokens per caption incl. begin/end")
+    caption_dropout: float = Field(
+        0.1, ge=0, lt=1, description="share of captions replaced by '' (the guidance null)"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TextConfig:
+        if self.encoder == "path" and self.path is None:
+            raise ValueError("text.encoder = 'path' needs text.path (a local model directory)")
+        if self.encoder != "path" and self.path is not None:
+            raise ValueError("text.path is only used by text.encoder = 'path'; remove it")
+        if self.width % self.heads:
+            raise ValueError(f"text.width ({self.width}) must be divisible by text.heads")
+        return self
+
+
 class LoggingConfig(Section):
     tensorboard: bool = True
     progress: bool = True
@@ -408,3 +446,4 @@ class Config(Section):
     features: FeaturesConfig = FeaturesConfig()
     logging: LoggingConfig = LoggingConfig()
     latent: LatentConfig = LatentConfig()
+    text: TextConfig = TextConfig()
