@@ -111,6 +111,10 @@ class DataConfig(Section):
 
 
 class ModelConfig(Section):
+    kind: Literal["diffusion", "autoencoder"] = Field(
+        "diffusion",
+        description="what the run trains: a diffusion model, or a KL autoencoder (see autoencoder)",
+    )
     preset: str = Field("unet-small", description="named size preset (see models.presets)")
     block_out_channels: list[int] | None = Field(None, description="override the preset widths")
     layers_per_block: int | None = Field(None, gt=0)
@@ -430,6 +434,31 @@ class TextConfig(Section):
         return self
 
 
+class AutoencoderConfig(Section):
+    """Loss of a model.kind = autoencoder run (Rombach et al. 2022; LDM LPIPSWithDiscriminator)."""
+
+    recon_loss: Literal["l1", "l2"] = Field("l1", description="per-pixel reconstruction loss")
+    kl_weight: float = Field(
+        1e-6, ge=0, description="weight of KL(q(z|x) || N(0, I)), normalised as in LDM configs"
+    )
+    sample_posterior: bool = Field(True, description="decode z ~ q(z|x) (false = its mean)")
+    lpips_weight: float = Field(0.0, ge=0, description="LPIPS term weight (0 = off)")
+    lpips_weights: Path | None = Field(
+        None, description="LPIPS-VGG weights as safetensors (needed when lpips_weight > 0)"
+    )
+    disc_weight: float = Field(
+        0.0, ge=0, description="adversarial term weight × the adaptive weight (0 = no GAN)"
+    )
+    disc_start: int = Field(0, ge=0, description="step at which the GAN term and its updates start")
+    disc_layers: int = Field(3, ge=1, le=6, description="PatchGAN stride-2 layers")
+    disc_channels: int = Field(64, gt=0, description="PatchGAN width of the first layer")
+    disc_lr: float | None = Field(None, gt=0, description="discriminator LR; null = optim.lr")
+    adaptive_weight_max: float = Field(1e4, gt=0, description="clamp of the adaptive GAN weight")
+    scaling_images: int = Field(
+        256, gt=0, description="training images whose latents set the scaling factor (1/std)"
+    )
+
+
 class LoggingConfig(Section):
     tensorboard: bool = True
     progress: bool = True
@@ -447,3 +476,4 @@ class Config(Section):
     logging: LoggingConfig = LoggingConfig()
     latent: LatentConfig = LatentConfig()
     text: TextConfig = TextConfig()
+    autoencoder: AutoencoderConfig = AutoencoderConfig()
