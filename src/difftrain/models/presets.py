@@ -1,4 +1,10 @@
-"""Named U-Net size presets (the registry the config's `model.preset` picks from)."""
+"""Named backbone presets (the registry the config's `model.preset` picks from).
+
+`unet-*`: diffusers UNet2DModel (unconditional or class-conditional); `unet-cond-*`: diffusers
+UNet2DConditionModel with cross-attention to a text encoder; `dit-*`: transformers on patches
+(Peebles & Xie 2023), class-conditional (DiTTransformer2DModel) or text-conditional with
+cross-attention (PixArtTransformer2DModel), chosen by whether the config has text conditioning.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ class UNetPreset:
     attention_levels: tuple[int, ...]  # level 0 = full resolution
     attention_head_dim: int = 32
     norm_num_groups: int = 16
+    cross_attention: bool = False  # UNet2DConditionModel: attention levels also attend to text
 
     @property
     def downsample_factor(self) -> int:
@@ -19,7 +26,20 @@ class UNetPreset:
         return 2 ** (len(self.block_out_channels) - 1)
 
 
-PRESETS: dict[str, UNetPreset] = {
+@dataclass(frozen=True)
+class DiTPreset:
+    width: int  # hidden size = heads × head dim
+    depth: int
+    heads: int
+    patch_size: int = 2
+
+    @property
+    def downsample_factor(self) -> int:
+        """The input side must be divisible by the patch size."""
+        return self.patch_size
+
+
+PRESETS: dict[str, UNetPreset | DiTPreset] = {
     # 8x8 digits in seconds; smoke tests.
     "unet-tiny": UNetPreset((32, 64), 1, (1,), attention_head_dim=32, norm_num_groups=8),
     # 28-32 px grayscale on a laptop CPU (the Fashion-MNIST demo).
@@ -32,6 +52,15 @@ PRESETS: dict[str, UNetPreset] = {
     "unet-large": UNetPreset(
         (192, 384, 576, 768), 3, (1, 2, 3), attention_head_dim=64, norm_num_groups=32
     ),
+    # Cross-attention U-Nets for text conditioning (a mid block with cross-attention as well).
+    "unet-cond-tiny": UNetPreset((32, 64), 1, (1,), 32, 8, cross_attention=True),
+    # 16×16 latents of 64 px images, or 32 px pixels, on a laptop CPU (the emoji demo).
+    "unet-cond-small": UNetPreset((64, 128, 192), 1, (1, 2), 32, 32, cross_attention=True),
+    "unet-cond-base": UNetPreset((128, 256, 384), 2, (1, 2), 64, 32, cross_attention=True),
+    # DiT sizes of Peebles & Xie 2023 Table 1 (S, B), and a tiny one for CPUs and tests.
+    "dit-tiny": DiTPreset(width=192, depth=6, heads=3),
+    "dit-s": DiTPreset(width=384, depth=12, heads=6),
+    "dit-b": DiTPreset(width=768, depth=12, heads=12),
 }
 
 
@@ -40,11 +69,18 @@ def resolve_preset(
     block_out_channels: list[int] | None = None,
     layers_per_block: int | None = None,
     attention_levels: list[int] | None = None,
-) -> UNetPreset:
+) -> UNetPreset | DiTPreset:
     """The named preset with any explicit overrides applied; KeyError names the choices."""
     if name not in PRESETS:
         raise KeyError(f"unknown model preset {name!r}; choose one of: {', '.join(PRESETS)}")
     p = PRESETS[name]
+    if isinstance(p, DiTPreset):
+        if any(v is not None for v in (block_out_channels, layers_per_block, attention_levels)):
+            raise ValueError(
+                f"model.preset {name!r} is a transformer: block_out_channels, layers_per_block "
+                "and attention_levels only apply to unet-* presets; remove them"
+            )
+        return p
     if block_out_channels is not None:
         p = replace(p, block_out_channels=tuple(block_out_channels))
     if layers_per_block is not None:

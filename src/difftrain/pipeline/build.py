@@ -21,41 +21,26 @@ from difftrain.diffusion import (
     make_alphas_cumprod,
     vp_sigmas,
 )
-from difftrain.models import PRESETS, UNetBackbone, resolve_preset
+from difftrain.pipeline.autoencoder_checks import check_autoencoder_config
+from difftrain.pipeline.backbone import build_backbone, check_model, model_preset
 from difftrain.pipeline.latent import check_latent_config, sample_shape
 from difftrain.samplers import flow_sigmas, karras_sigmas, training_sigmas, uniform_sigmas
 
 
 def check_config(cfg: Config) -> None:
     """Checks that span sections or touch the file system; run before any data or model loads."""
-    if cfg.model.preset not in PRESETS:
-        raise ConfigError(
-            f"model.preset = {cfg.model.preset!r}: unknown preset (allowed: {', '.join(PRESETS)})"
-        )
-    preset = resolve_preset(
-        cfg.model.preset,
-        cfg.model.block_out_channels,
-        cfg.model.layers_per_block,
-        cfg.model.attention_levels,
-    )
+    if check_autoencoder_config(cfg):  # model.kind = autoencoder: its own presets and checks
+        return
+    preset = model_preset(cfg)  # unknown names and misplaced overrides are ConfigErrors
     factor = preset.downsample_factor
     check_latent_config(cfg, factor)  # resolution vs AE × U-Net downsampling, cacheable augments
     if cfg.data.resolution % factor:
         raise ConfigError(
             f"data.resolution = {cfg.data.resolution}: must be divisible by {factor}, the "
-            f"downsampling of model.preset {cfg.model.preset!r} "
-            f"({len(preset.block_out_channels)} levels); try {cfg.data.resolution // factor * factor or factor}"
+            f"downsampling of model.preset {cfg.model.preset!r}; "
+            f"try {cfg.data.resolution // factor * factor or factor}"
         )
-    levels = len(preset.block_out_channels)
-    bad = [a for a in preset.attention_levels if not 0 <= a < levels]
-    if bad:
-        raise ConfigError(f"model.attention_levels = {bad}: levels run from 0 to {levels - 1}")
-    groups = preset.norm_num_groups
-    if any(c % groups for c in preset.block_out_channels):
-        raise ConfigError(
-            f"model.block_out_channels = {list(preset.block_out_channels)}: each must be a "
-            f"multiple of {groups} (the preset's group-norm groups)"
-        )
+    check_model(cfg, preset)  # levels, group norm, and text vs cross-attention
     check_data(cfg.data, factor)
     best = cfg.train.best_metric
     if best != "val/loss" and not best.startswith("eval/"):
@@ -87,22 +72,9 @@ def build_denoiser(
     the latents of latent.autoencoder).
     """
     channels, resolution, _ = shape or sample_shape(cfg)
-    preset = resolve_preset(
-        cfg.model.preset,
-        cfg.model.block_out_channels,
-        cfg.model.layers_per_block,
-        cfg.model.attention_levels,
-    )
     d = cfg.diffusion
     out_channels = 2 * channels if d.objective == "iddpm" else channels
-    backbone = UNetBackbone(
-        preset,
-        resolution,
-        channels,
-        num_classes,
-        cfg.model.dropout,
-        out_channels=out_channels,
-    )
+    backbone = build_backbone(cfg, num_classes, channels, resolution, out_channels)
     prediction = d.prediction or "eps"
     preconds = {
         "edm": lambda: EDMPrecond(backbone, sigma_data=d.sigma_data),

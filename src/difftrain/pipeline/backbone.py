@@ -1,0 +1,68 @@
+"""Choose and check the backbone for a config: U-Net, cross-attention U-Net or DiT (class/text)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from difftrain.config import Config, ConfigError
+from difftrain.models import UNetBackbone, resolve_preset
+from difftrain.models.conditioned import CondUNetBackbone, DiTBackbone, TextDiTBackbone
+from difftrain.models.presets import PRESETS, DiTPreset, UNetPreset
+from difftrain.pipeline.text import build_text_encoder, uses_text
+
+
+def model_preset(cfg: Config) -> UNetPreset | DiTPreset:
+    """model.preset with its overrides; unknown names or misplaced overrides are ConfigErrors."""
+    m = cfg.model
+    if m.preset not in PRESETS:
+        raise ConfigError(
+            f"model.preset = {m.preset!r}: unknown preset (allowed: {', '.join(PRESETS)})"
+        )
+    try:
+        return resolve_preset(
+            m.preset, m.block_out_channels, m.layers_per_block, m.attention_levels
+        )
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def check_model(cfg: Config, preset: UNetPreset | DiTPreset) -> None:
+    """Preset internals (levels, group norm) and that the preset fits the conditioning."""
+    name, text = cfg.model.preset, uses_text(cfg)
+    if isinstance(preset, DiTPreset):
+        return  # class or text: DiT serves both
+    if preset.cross_attention and not text:
+        raise ConfigError(
+            f"model.preset {name!r} cross-attends to text: set text.encoder (scratch or path), "
+            "or choose a unet-* or dit-* preset"
+        )
+    if text and not preset.cross_attention:
+        cond = [n for n, p in PRESETS.items() if getattr(p, "cross_attention", False)]
+        raise ConfigError(
+            f"model.preset {name!r} has no cross-attention, so it cannot read text "
+            f"(text.encoder = {cfg.text.encoder!r}); choose one of {', '.join(cond)} or a dit-* preset"
+        )
+    levels = len(preset.block_out_channels)
+    bad = [a for a in preset.attention_levels if not 0 <= a < levels]
+    if bad:
+        raise ConfigError(f"model.attention_levels = {bad}: levels run from 0 to {levels - 1}")
+    groups = preset.norm_num_groups
+    if any(c % groups for c in preset.block_out_channels):
+        raise ConfigError(
+            f"model.block_out_channels = {list(preset.block_out_channels)}: each must be a "
+            f"multiple of {groups} (the preset's group-norm groups)"
+        )
+
+
+def build_backbone(
+    cfg: Config, num_classes: int | None, channels: int, resolution: int, out_channels: int
+) -> nn.Module:
+    """F(x, noise_cond, cond) for model.preset; text models own their text encoder."""
+    preset = model_preset(cfg)
+    dropout = cfg.model.dropout
+    if uses_text(cfg):
+        text = build_text_encoder(cfg)
+        cls = TextDiTBackbone if isinstance(preset, DiTPreset) else CondUNetBackbone
+        return cls(preset, resolution, channels, text, dropout, out_channels=out_channels)
+    cls = DiTBackbone if isinstance(preset, DiTPreset) else UNetBackbone
+    return cls(preset, resolution, channels, num_classes, dropout, out_channels=out_channels)

@@ -1,0 +1,121 @@
+"""A run's text conditioning: its tokenizer (byte, BPE in the run directory, or pretrained) and
+text encoder, prompt encoding, and caption dropout for classifier-free guidance."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from difftrain.config import Config, ConfigError
+from difftrain.models.text import (
+    BPETokenizer,
+    ByteTokenizer,
+    PretrainedTokenizer,
+    TextEncoder,
+    pretrained_text_model,
+    scratch_text_model,
+)
+
+TOKENIZER_FILE = Path("text") / "tokenizer.json"  # inside the run directory (BPE only)
+
+
+def uses_text(cfg: Config) -> bool:
+    """Whether the model is conditioned on captions/prompts."""
+    return cfg.text.encoder != "none"
+
+
+def _check_path(cfg: Config) -> Path:
+    path = Path(cfg.text.path)
+    if not (path / "config.json").is_file():
+        raise ConfigError(
+            f"text.path = '{path}': no config.json there; point it at a local directory saved "
+            "with CLIPTextModel.save_pretrained (safetensors) plus its tokenizer files"
+        )
+    return path
+
+
+def open_tokenizer(cfg: Config, run_dir: Path | None = None, captions: list[str] | None = None):
+    """The run's tokenizer.
+
+    BPE: read from `<run_dir>/text/tokenizer.json` when it exists (resume, sampling), else
+    trained on `captions` (a fresh run; `save_tokenizer` writes it once the run starts).
+    """
+    t = cfg.text
+    if t.encoder == "path":
+        try:
+            return PretrainedTokenizer(_check_path(cfg), t.max_length)
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"text.path = '{t.path}': no usable tokenizer ({err})") from None
+    if t.tokenizer == "byte":
+        return ByteTokenizer(t.max_length, t.lowercase)
+    file = None if run_dir is None else Path(run_dir) / TOKENIZER_FILE
+    if file is not None and file.is_file():
+        try:
+            return BPETokenizer.load(file, t.max_length, t.vocab_size)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    if captions is None:
+        where = f"{file}" if file is not None else "the run directory"
+        raise ConfigError(
+            f"text.tokenizer = 'bpe': no trained tokenizer in {where} and no captions to train "
+            "one on; use text.tokenizer = 'byte' or give the data captions"
+        )
+    if not any(c.strip() for c in captions):
+        raise ConfigError(
+            "text conditioning needs captions, but every training caption is empty; add "
+            "metadata.jsonl / .txt captions or set data.caption_policy = 'filename'"
+        )
+    return BPETokenizer.train(captions, t.vocab_size, t.max_length, t.lowercase)
+
+
+def save_tokenizer(tokenizer, run_dir: Path) -> None:
+    """Write a trained BPE tokenizer into the run directory (other kinds need no file)."""
+    if isinstance(tokenizer, BPETokenizer):
+        tokenizer.save(Path(run_dir) / TOKENIZER_FILE)
+
+
+def build_text_encoder(cfg: Config) -> TextEncoder:
+    """A CLIP text encoder: random and trainable (scratch) or pretrained and frozen (path).
+
+    Built from the config alone: the null prompt of the byte and BPE tokenizers is the same
+    `[bos, eos, pad…]`, and a pretrained tokenizer lives in text.path.
+    """
+    t = cfg.text
+    if t.encoder == "path":
+        null_ids = open_tokenizer(cfg).encode([""])
+        try:
+            model = pretrained_text_model(_check_path(cfg))
+        except (OSError, ValueError) as err:
+            raise ConfigError(
+                f"text.path = '{t.path}': no usable CLIP text model ({err})"
+            ) from None
+        if model.config.max_position_embeddings < t.max_length:
+            raise ConfigError(
+                f"text.max_length = {t.max_length} exceeds the encoder's "
+                f"{model.config.max_position_embeddings} positions; lower text.max_length"
+            )
+        return TextEncoder(model, null_ids, frozen=True)
+    # BPE vocabularies may come out smaller than asked; the embedding table has the full size
+    # so that the weight shapes depend on the config alone (a run loads without its captions).
+    vocab = t.vocab_size if t.tokenizer == "bpe" else ByteTokenizer.vocab_size
+    model = scratch_text_model(vocab, t.width, t.layers, t.heads, t.max_length)
+    return TextEncoder(model, ByteTokenizer(t.max_length).encode([""]), frozen=False)
+
+
+def encode_prompts(tokenizer, prompts: list[str]) -> torch.Tensor:
+    """Token ids N×L of each prompt ("" is the null condition)."""
+    return tokenizer.encode([str(p) for p in prompts])
+
+
+def drop_captions(captions: list[str], rate: float, gen: torch.Generator) -> list[str]:
+    """Each caption replaced by "" with probability `rate` (one uniform draw per caption)."""
+    drop = torch.rand(len(captions), generator=gen) < rate
+    return ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
+
+
+def prompt_rows(prompts: list[str], num: int) -> list[str]:
+    """Contiguous blocks of prompts: with num = 8 and 2 prompts, images 0-3 get the first."""
+    if not prompts:
+        raise ConfigError("no prompts given; pass --prompt (repeatable) or --prompt-file")
+    return [prompts[i * len(prompts) // num] for i in range(num)]
