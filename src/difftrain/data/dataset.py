@@ -115,7 +115,7 @@ def _load_records(src, cfg: DataConfig) -> ImageData:
         try:
             img = _decode_record(rec.image, cfg)
         except BadImage as err:
-            src.bad.add(rec.key, err.reason, err.detail)
+            src.bad.add(rec.path, err.reason, err.detail)
             continue
         arrays.append(img)
         labels.append(rec.label)

@@ -60,7 +60,7 @@ def _samples(src, cfg, full: bool):
             try:
                 size, mode = _look(rec.image, cfg.max_pixels, full)
             except BadImage as err:
-                src.bad.add(rec.key, err.reason, err.detail)
+                src.bad.add(rec.path, err.reason, err.detail)
                 continue
             yield rec.key, size, mode, rec.image, rec.label, src.caption_of(rec)
         return

@@ -153,7 +153,8 @@ class ShardPlan:
                     continue
                 pos = (epoch, cursor) if self.rank == 0 else (epoch, mix_seed(self.rank, cursor))
                 label = rec.label if self.labeled else None
-                items.append(((rec.image, rec.key, label, self.caption_of(rec)), pos, self.size))
+                ref = (rec.image, rec.key, label, self.caption_of(rec), rec.path)
+                items.append((ref, pos, self.size))
                 cursor += 1
             yield items, {"epoch": epoch, "cursor": cursor}
 
@@ -192,7 +193,7 @@ class _Decoder(Dataset):
         """(image, label, caption, key) for an item; map items try their fallback chain."""
         cfg, draft = self.cfg, max(size)
         if self.streaming:
-            data, key, label, caption = ref
+            data, key, label, caption, where = ref
             try:
                 return (
                     load_normalized(data, cfg.channels, cfg.max_pixels, draft),
@@ -201,7 +202,7 @@ class _Decoder(Dataset):
                     key,
                 )
             except BadImage as err:
-                bad.append((key, err.reason, err.detail))
+                bad.append((where, err.reason, err.detail))
                 return None
         src = self.source
         for i in ref:

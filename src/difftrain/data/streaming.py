@@ -99,7 +99,7 @@ def _shard_validation(src, cfg, seed: int) -> ImageData:
             try:
                 img = load_normalized(rec.image, cfg.channels, cfg.max_pixels, cfg.resolution)
             except BadImage as err:
-                src.bad.add(rec.key, err.reason, err.detail)
+                src.bad.add(rec.path, err.reason, err.detail)
                 continue
             arrays.append(pil_to_uint8(fit_square(img, cfg.resolution, "crop"), cfg.channels))
             labels.append(rec.label)
