@@ -295,6 +295,7 @@ class Loader:
         self._sampler = _PlanSampler(self.plan, self._state)
         self._decoder = _Decoder(source, cfg, seed)
         self._it = None
+        self._bad_checked = 0  # first next(): also what the validation split found
 
     @property
     def num_classes(self) -> int | None:
@@ -329,11 +330,14 @@ class Loader:
             self._it = iter(self._dataloader())
         out = next(self._it)
         self._state = out["state"]
-        known = {f["path"] for f in self.bad.files}
+        # Files that failed in a worker were replaced in the batch; count them (once each), and
+        # hold data.max_bad_fraction now as at start: a run must not train on a rotten dataset.
         for key, reason, detail in out["bad"]:
-            if key not in known:
-                self.bad.add(key, reason, detail)
-                known.add(key)
+            self.bad.add(key, reason, detail)
+        if len(self.bad) > self._bad_checked:  # also samples the shard reader found bad
+            self._bad_checked = len(self.bad)
+            where = f"data.path = '{self.cfg.path or self.cfg.source}' (found while training)"
+            self.bad.check_rate(self.cfg.max_bad_fraction, where)
         return Batch(out["x"], out["labels"], out["captions"], out["keys"])
 
     def __iter__(self):

@@ -28,6 +28,7 @@ from difftrain.pipeline.checkpoint import (
     write_checkpoint,
 )
 from difftrain.train.batches import open_batches
+from difftrain.train.data_watch import WatchedBatches
 from difftrain.train.ema import EMA, EMABank, ema_beta
 from difftrain.train.faults import (
     checkpoint_delay,
@@ -102,6 +103,7 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
             **json.loads((start_ckpt / "state.json").read_text())["run"]
         )  # stream position first
     data, val = open_batches(cfg, rank, world, st.stream, run_dir if acc.is_main_process else None)
+    data = WatchedBatches(data, run_dir if acc.is_main_process else None)  # wait time, bad files
     if len(data) < tc.batch_size:
         raise ConfigError(
             f"train.batch_size = {tc.batch_size} exceeds the {len(data)} training images; "
@@ -384,6 +386,8 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
                     "train/grad_norm": grad_norm,
                     "train/lr": lr,
                     "train/img_per_s": imgs_log / max(now - t_log, 1e-9),
+                    "train/data_wait": min(1.0, data.pop_wait() / max(now - t_log, 1e-9)),
+                    "data/bad_files": len(data.bad),
                     "train/images_seen": st.images_seen,
                     "train/skipped_steps": st.skipped_steps,
                     "train/epoch": data.state()["epoch"],
