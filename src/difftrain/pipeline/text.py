@@ -119,3 +119,34 @@ def prompt_rows(prompts: list[str], num: int) -> list[str]:
     if not prompts:
         raise ConfigError("no prompts given; pass --prompt (repeatable) or --prompt-file")
     return [prompts[i * len(prompts) // num] for i in range(num)]
+
+
+class TextConditioning:
+    """A run's tokenizer with the caption dropout rate: captions/prompts → token id rows."""
+
+    def __init__(self, cfg: Config, tokenizer):
+        self.tokenizer, self.dropout = tokenizer, cfg.text.caption_dropout
+        self.max_length = cfg.text.max_length
+
+    @classmethod
+    def open(cls, cfg: Config, run_dir: Path | None = None, captions: list[str] | None = None):
+        """The run's text conditioning, or None for a model without text."""
+        return cls(cfg, open_tokenizer(cfg, run_dir, captions)) if uses_text(cfg) else None
+
+    def null(self) -> torch.Tensor:
+        """Token ids 1×L of the empty prompt: the null condition of guidance."""
+        return self.tokenizer.encode([""])
+
+    def ids(self, prompts: list[str]) -> torch.Tensor:
+        """Token ids N×L of each prompt."""
+        return encode_prompts(self.tokenizer, prompts)
+
+    def training_ids(self, captions: list[str], gen: torch.Generator) -> torch.Tensor:
+        """Token ids of a micro-batch's captions, each dropped to "" with the dropout rate."""
+        return self.ids(drop_captions(captions, self.dropout, gen))
+
+    def request(
+        self, prompts: list[str], negative: str | None, num: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cond rows num×L for prompts in contiguous blocks, null row 1×L = negative or "")."""
+        return self.ids(prompt_rows(prompts, num)), self.ids([negative or ""])
