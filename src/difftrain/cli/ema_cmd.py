@@ -78,6 +78,7 @@ def ema(
 def sweep_table(summary: dict):
     """The sweep as a rich table: one row per σ_rel, then the checkpoint's classic EMAs."""
     from rich.table import Table
+    from rich.text import Text
 
     t = Table(
         title=f"post-hoc EMA at step {summary['step']} from {summary['snapshots']} snapshots "
@@ -94,6 +95,8 @@ def sweep_table(summary: dict):
                   f"{r['val/loss'] - best:+.5f}", f"{r['fit_error']:.2e}{warn}",
                   f"{r['coef_l1']:.2f}")  # fmt: skip
     for r in summary["references"]:
-        t.add_row(f"[dim]{r['weights']}[/]", "", f"{r['val/loss']:.5f}",
-                  f"{r['val/loss'] - best:+.5f}", f"[dim]{r['checkpoint']}[/]", "")  # fmt: skip
+        # Names come from the run directory: styled as Text, never parsed as markup.
+        t.add_row(Text(str(r["weights"]), style="dim"), "", f"{r['val/loss']:.5f}",
+                  f"{r['val/loss'] - best:+.5f}", Text(str(r["checkpoint"]), style="dim"),
+                  "")  # fmt: skip
     return t
