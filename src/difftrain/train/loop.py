@@ -15,8 +15,7 @@ from tqdm.auto import tqdm
 from difftrain.config import Config, ConfigError, dump_config
 from difftrain.data import to_model_range
 from difftrain.eval.evaluate import TrainingEvaluator
-from difftrain.eval.validation import sigma_grid, validation_loss
-from difftrain.pipeline.build import build_denoiser, build_objective, check_config
+from difftrain.pipeline.build import check_config
 from difftrain.pipeline.checkpoint import (
     DiskFullError,
     flatten_state,
@@ -40,7 +39,8 @@ from difftrain.train.guards import SpikeDetector, classify_step, first_nonfinite
 from difftrain.train.metrics import MetricsLogger
 from difftrain.train.optim import build_optimizer, lr_at
 from difftrain.train.posthoc_ema import PowerEMA, save_snapshots, snapshot_due, truncate_snapshots
-from difftrain.train.setup import describe, environment, resolve_precision, write_samples
+from difftrain.train.setup import describe, environment, resolve_precision
+from difftrain.train.task import build_task
 from difftrain.train.stream import mix_seed
 
 
@@ -112,10 +112,12 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
 
     # ---- Model, objective, optimizer, EMA ----
     torch.manual_seed(tc.seed)  # weight init depends on the seed only
-    denoiser = build_denoiser(cfg, data.num_classes)
+    # The task says what is trained: model, objective, validation, grid, any extra step.
+    task = build_task(cfg, data, val, acc.device)
+    denoiser = task.model
     if dry_run:
         return describe(cfg, data, val, sum(p.numel() for p in denoiser.parameters()))
-    objective = build_objective(cfg)
+    objective = task.objective
     optimizer = build_optimizer(denoiser.parameters(), cfg.optim)
     ema = EMA(denoiser)
 
@@ -123,13 +125,14 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
         """Load weights, EMA, optimizer and run state from a checkpoint (resume and rollback)."""
         nonlocal st
         tensors, state = read_checkpoint(
-            path, ["model", "ema", "optimizer", "posthoc_ema", *bank.emas]
+            path, ["model", "ema", "optimizer", "posthoc_ema", *bank.emas, *task.aux_groups]
         )
         acc.unwrap_model(denoiser).load_state_dict(tensors["model"])
         ema.load_state_dict(tensors["ema"])
         optimizer.load_state_dict(unflatten_state(state["optimizer"], tensors["optimizer"]))
         st = RunState(**state["run"])
         bank.load_state_dicts(tensors)
+        task.load_aux_state(tensors, state.get("aux", {}))
         if pema is not None and "posthoc_ema" in tensors:
             pema.load_state_dict(tensors["posthoc_ema"])
         if pema is not None and acc.is_main_process:
@@ -174,7 +177,6 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
         to_model_range(val.images[:val_n]),
         None if val.labels is None else val.labels[:val_n],
     )
-    val_sigmas = sigma_grid(n=8)
     # Sample-quality evaluation during training (off unless eval.every > 0); main process only.
     evaluator = None
     if acc.is_main_process:
@@ -192,10 +194,12 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
             grad_spikes.state(),
         )
         opt_tensors, opt_skeleton = flatten_state(optimizer.state_dict())
+        aux_tensors, aux_json = task.aux_state()  # e.g. the discriminator and its optimizer
         state = {
             "step": st.step,
             "run": asdict(st),
             "optimizer": opt_skeleton,
+            **({"aux": aux_json} if aux_json else {}),
             "data": {"num_classes": data.num_classes, "class_names": data.class_names},
         }
         tensors = {
@@ -206,12 +210,14 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
         tensors.update(
             bank.state_dicts(), **({"posthoc_ema": pema.state_dict()} if pema is not None else {})
         )
+        tensors.update(aux_tensors)
         delay = checkpoint_delay(faults)
         write_checkpoint(
             ckpt_root, st.step, tensors, state, (lambda _p: time.sleep(delay)) if delay else None
         )
         best = {f"step-{s:07d}" for _v, s in st.best}
         prune_checkpoints(ckpt_root, tc.keep_checkpoints, protect=best)
+        task.export(ema.model, run_dir)  # e.g. RUN/autoencoder in diffusers format
         (ckpt_root / "best.json").write_text(
             json.dumps(
                 {
@@ -280,6 +286,7 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
     denoiser.train()
     while st.step < tc.max_steps:
         gen = step_generators(st.step)
+        task.begin_step(st.step)
         lr = lr_at(st.step, cfg.optim, tc.max_steps) * st.lr_scale
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -304,6 +311,7 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
         reason = classify_step(loss_value, grad_norm, loss_spikes, grad_spikes)
         if reason is None:
             optimizer.step()
+            task.aux_step()  # e.g. the discriminator's update, on this step's reconstructions
             loss_spikes.add(loss_value)
             grad_spikes.add(grad_norm)
             bad_streak = 0
@@ -391,6 +399,7 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
                     "train/images_seen": st.images_seen,
                     "train/skipped_steps": st.skipped_steps,
                     "train/epoch": data.state()["epoch"],
+                    **task.log_metrics(),
                 },
             )
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
@@ -399,26 +408,14 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
         # Sample grid from the EMA weights, same seeds every time.
         at_end = st.step == tc.max_steps
         if acc.is_main_process and (st.step % tc.sample_every == 0 or at_end):
-            write_samples(
-                ema.model,
-                cfg,
-                data.num_classes,
-                run_dir / "samples" / f"step-{st.step:07d}.png",
-                acc.device,
+            task.write_samples(
+                ema.model, run_dir / "samples" / f"step-{st.step:07d}.png", acc.device
             )
 
         # Validation (and sample-quality evaluation when due): best-k and early stopping.
         if st.step % tc.checkpoint_every == 0 or at_end:
             if acc.is_main_process and val_n:
-                metrics = validation_loss(
-                    ema.model,
-                    val_x,
-                    val_y,
-                    val_sigmas,
-                    cfg.diffusion.sigma_data,
-                    seed=tc.seed,
-                    device=acc.device,
-                )
+                metrics = task.validate(ema.model, val_x, val_y, acc.device)
                 if evaluator is not None and evaluator.due(st.step):
                     metrics.update(evaluator(ema.model, st.step))
                 logger.log(st.step, metrics)
