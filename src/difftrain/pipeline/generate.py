@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -55,6 +55,7 @@ def generate(
     strength: float = 1.0,
     mask: torch.Tensor | None = None,
     resample: int = 1,
+    rows: Sequence[tuple[int, int]] | None = None,
 ) -> torch.Tensor:
     """Generate `num` images in [-1, 1] (float32, N×C×H×W on the CPU).
 
@@ -63,6 +64,8 @@ def generate(
     With `init_images` (C×H×W or num×C×H×W in [-1, 1]) this is img2img (SDEdit) at `strength`
     (0 returns the input); with `mask` too (1 = generate, 0 = keep; broadcastable) it inpaints,
     keeping the masked-out pixels exactly, with RePaint `resample` > 1 repeats per step.
+    `rows` gives each sample its own (seed, index), overriding seed and first_index, so that
+    several requests can share one forward pass and still get their own images.
     """
     if guidance != 1.0 and (labels is None or null_class is None):
         raise ValueError("guidance needs a class-conditional model and labels")
@@ -79,7 +82,11 @@ def generate(
     out = []
     for start in range(0, num, batch_size):
         idx = range(first_index + start, first_index + min(start + batch_size, num))
-        gens = sample_generators(seed, idx, device="cpu")
+        if rows is None:
+            gens = sample_generators(seed, idx, device="cpu")
+        else:  # (seed, index) per sample: one generator each, exactly as if requested alone
+            part = rows[start : start + len(idx)]
+            gens = [sample_generators(s, [i], device="cpu")[0] for s, i in part]
         noise = randn((len(idx), *shape), gens).to(device)
         cond = None if labels is None else labels[start : start + len(idx)].to(device)
         if init_images is None:
@@ -105,30 +112,6 @@ def generate(
         if callback is not None:
             callback(len(idx))
     return torch.cat(out)
-
-
-def load_image(path: Path, channels: int, resolution: int, resize: str = "crop") -> torch.Tensor:
-    """An image file as a C×H×W float tensor in [-1, 1] at the model's resolution."""
-    from difftrain.data.transforms import fit_square, pil_to_uint8, to_mode, to_model_range
-
-    with Image.open(path) as img:
-        img = fit_square(to_mode(img, channels), resolution, resize)
-        return to_model_range(torch.from_numpy(pil_to_uint8(img).copy()))
-
-
-def load_mask(path: Path, resolution: int, resize: str = "crop") -> torch.Tensor:
-    """A mask image as 1×1×H×W in {0, 1}: white (≥ 128) = generate, black = keep."""
-    from difftrain.data.transforms import to_mode
-
-    with Image.open(path) as img:
-        img = to_mode(img, 1)
-        w, h = img.size
-        if resize == "crop" and w != h:  # same geometry as fit_square, without interpolation
-            side = min(w, h)
-            img = img.crop(((w - side) // 2, (h - side) // 2, (w + side) // 2, (h + side) // 2))
-        img = img.resize((resolution, resolution), Image.Resampling.NEAREST)
-        arr = np.asarray(img, dtype=np.uint8)
-    return torch.from_numpy((arr >= 128).astype(np.float32))[None, None]
 
 
 def _rows(t: torch.Tensor, start: int, n: int, shape: tuple) -> torch.Tensor:
