@@ -28,6 +28,15 @@ _UNHASHED_KEYS = {"scaling_factor", "shift_factor", "force_upcast"}
 def autoencoder_dir(path: str | Path, key: str = "latent.autoencoder") -> Path:
     """The diffusers folder of an autoencoder run directory (`PATH/autoencoder/`) or PATH itself."""
     path = Path(path)
+    try:  # the models layer's finder, when present (also takes a pipeline's vae/ subfolder)
+        from difftrain.models.autoencoder import find_autoencoder_dir
+    except ImportError:
+        find_autoencoder_dir = None
+    if find_autoencoder_dir is not None:
+        try:
+            return find_autoencoder_dir(path)
+        except ConfigError as err:
+            raise ConfigError(f"{key} = '{path}': {err}") from None
     for cand in (path / AE_SUBDIR, path):
         if (cand / "config.json").is_file():
             return cand
@@ -110,6 +119,11 @@ def check_latent_config(cfg: Config, unet_downsample: int) -> None:
         raise ConfigError(
             "latent.autoencoder does not combine with data.buckets or data.resize = "
             "'random_crop' (cached latents have one fixed geometry); turn those off"
+        )
+    if cfg.eval.every:
+        raise ConfigError(
+            "eval.every > 0 is not supported with latent.autoencoder yet; set eval.every = 0 "
+            "and evaluate checkpoints with `difftrain evaluate RUN_DIR` (it decodes latents)"
         )
     a = cfg.data.augment
     uncached = [k for k in ("rotate", "resized_crop", "color_jitter") if getattr(a, k) > 0]

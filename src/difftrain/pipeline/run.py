@@ -5,11 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from difftrain.config import Config, ConfigError, load_config
 from difftrain.pipeline.build import build_denoiser
 from difftrain.pipeline.checkpoint import CheckpointError, latest_good_checkpoint, read_checkpoint
+from difftrain.pipeline.latent import Latents, load_autoencoder, run_autoencoder_dir, sample_shape
 
 
 @dataclass
@@ -18,6 +20,20 @@ class LoadedRun:
     denoiser: nn.Module  # D(x, sigma, cond) for the run's objective
     checkpoint: Path
     state: dict
+    autoencoder: nn.Module | None = None  # latent runs: the AutoencoderKL; None for pixels
+    sample_shape: tuple[int, int, int] = ()  # (C, H, W) the denoiser works in
+    latents: Latents | None = None
+
+    def to_images(self, x: torch.Tensor) -> torch.Tensor:
+        """Denoiser output → pixels in [-1, 1]: identity for pixel models, decoded for latent."""
+        return x if self.latents is None else self.latents.to_images(x)
+
+    def to(self, device) -> LoadedRun:
+        """Move the denoiser (and autoencoder) to `device`."""
+        self.denoiser.to(device)
+        if self.autoencoder is not None:
+            self.autoencoder.to(device)
+        return self
 
     @property
     def num_classes(self) -> int | None:
@@ -44,7 +60,12 @@ def load_run(
     tensors, state = read_checkpoint(path, [weights])
     if weights not in tensors:
         raise CheckpointError(f"{path}: has no {weights}.safetensors")
-    denoiser = build_denoiser(cfg, state["data"]["num_classes"])
+    shape = sample_shape(cfg, run_dir)  # a latent run reads its own autoencoder copy
+    denoiser = build_denoiser(cfg, state["data"]["num_classes"], shape)
     denoiser.load_state_dict(tensors[weights])
     denoiser.eval()
-    return LoadedRun(cfg, denoiser, path, state)
+    vae = latents = None
+    if cfg.latent.autoencoder is not None:
+        vae = load_autoencoder(run_autoencoder_dir(cfg, run_dir))
+        latents = Latents.for_config(cfg, vae)
+    return LoadedRun(cfg, denoiser, path, state, vae, shape, latents)

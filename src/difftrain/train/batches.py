@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import torch
+from tqdm.auto import tqdm
 
 from difftrain.config import Config
 from difftrain.data import (
     Batch,
     ImageData,
     augment_batch,
+    load_data,
     open_loader,
     to_model_range,
     write_bad_files,
 )
+from difftrain.data.decode import BadFiles
+from difftrain.data.latent_cache import cache_inputs, open_or_build
 from difftrain.data.loader import rank_rows
+from difftrain.data.order import split_indices
+from difftrain.data.transforms import hflip_probability
 from difftrain.train.setup import prepare_data
 from difftrain.train.stream import BatchStream, mix_seed
 
@@ -59,11 +68,161 @@ class MemoryBatches:
         pass
 
 
+@dataclass
+class LatentVal:
+    """Validation rows of a latent run: x0 (scaled posterior means) and labels."""
+
+    x: torch.Tensor
+    labels: torch.Tensor | None
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+class LatentBatches:
+    """Cached latents through the same seeded BatchStream: x0 = (mean + std·ε) × scaling_factor.
+
+    The flip variant and ε of each row come from a generator derived from the stream position,
+    so a resume reproduces them without RNG state.
+    """
+
+    def __init__(self, cache, rows: torch.Tensor, latents, cfg: Config, rank, world, state: dict):
+        self.cache, self.idx, self.latents, self.cfg = cache, rows, latents, cfg
+        self.rows = torch.tensor(rank_rows(cfg.train.batch_size, cfg.train.grad_accum, rank, world))
+        self.stream = BatchStream(len(rows), cfg.train.seed, **state)
+        self.flip_p = hflip_probability(cfg.data) if cache.variants == 2 else 0.0
+        self.bad = BadFiles()
+        self.class_names = cache.class_names
+        self.num_classes = None if cache.class_names is None else len(cache.class_names)
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def next(self) -> Batch:
+        s = self.stream
+        gen = torch.Generator().manual_seed(mix_seed(self.cfg.train.seed, s.epoch, s.cursor, 4))
+        idx = self.idx[s.next(self.cfg.train.batch_size)[self.rows]]
+        flip = (torch.rand(len(idx), generator=gen) < self.flip_p).long()
+        mean, logvar = self.cache.gather(idx, flip)
+        z = mean
+        if self.cfg.latent.sample_posterior:
+            z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=gen)
+        labels = None if self.cache.labels is None else self.cache.labels[idx]
+        caps = self.cache.captions
+        captions = None if caps is None else [caps[i] for i in idx.tolist()]
+        return Batch(self.latents.to_model(z), labels, captions, [str(i) for i in idx.tolist()])
+
+    def validation(self, rows: torch.Tensor) -> LatentVal:
+        """Posterior means (unflipped) of `rows`: deterministic, like the pixel validation set."""
+        mean, _ = self.cache.gather(rows)
+        labels = None if self.cache.labels is None else self.cache.labels[rows]
+        return LatentVal(self.latents.to_model(mean), labels)
+
+    def state(self) -> dict:
+        return self.stream.state()
+
+    def restore(self, state: dict) -> None:
+        self.stream = BatchStream(len(self.idx), self.cfg.train.seed, **state)
+
+    def close(self) -> None:
+        pass
+
+
+class EncodingBatches:
+    """Pixel batches encoded every step (latent.cache = false): any augmentation, slower."""
+
+    def __init__(self, inner: MemoryBatches, latents, cfg: Config):
+        self.inner, self.latents, self.cfg = inner, latents, cfg
+        self.bad, self.num_classes = inner.bad, inner.num_classes
+        self.class_names = inner.class_names
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def next(self) -> Batch:
+        s = self.inner.stream
+        gen = torch.Generator().manual_seed(mix_seed(self.cfg.train.seed, s.epoch, s.cursor, 4))
+        b = self.inner.next()
+        if self.cfg.latent.sample_posterior:
+            x = self.latents.encode(b.x, generator=gen)
+        else:
+            x = self.latents.to_model(self.latents.encode(b.x)[0])
+        return Batch(x.cpu(), b.labels, b.captions, b.keys)
+
+    def state(self) -> dict:
+        return self.inner.state()
+
+    def restore(self, state: dict) -> None:
+        self.inner.restore(state)
+
+    def close(self) -> None:
+        pass
+
+
+def open_latent_batches(cfg: Config, rank: int, world: int, state: dict, run_dir):
+    """(training batches, LatentVal) of a latent run; builds or reuses the latent cache."""
+    from difftrain.pipeline.latent import (
+        Latents,
+        autoencoder_hash,
+        install_autoencoder,
+        load_autoencoder,
+    )
+
+    lc, tc = cfg.latent, cfg.train
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    vae = load_autoencoder(lc.autoencoder).to(device)
+    ae_hash = autoencoder_hash(vae)
+    if run_dir is not None:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        install_autoencoder(vae, Path(run_dir), ae_hash)  # the run dir stays self-contained
+    latents = Latents.for_config(cfg, vae)
+    val_cap = 512  # bounded cost per validation, as for pixels
+    if not lc.cache:
+        data, val = prepare_data(cfg, run_dir)
+        x = to_model_range(val.images[:val_cap])
+        val_x = latents.to_model(latents.encode(x)[0]).cpu() if len(x) else x
+        val_y = None if val.labels is None else val.labels[:val_cap]
+        inner = MemoryBatches(data, cfg, rank, world, state)
+        return EncodingBatches(inner, latents, cfg), LatentVal(val_x, val_y)
+    cache_dir = Path(lc.cache_dir or Path(tc.run_dir) / "latents")
+    inputs = cache_inputs(cfg.data, ae_hash, exclude=(cache_dir, Path(tc.run_dir)))
+
+    def load() -> ImageData:
+        full = load_data(cfg.data)
+        if run_dir is not None and full.skipped:
+            write_bad_files(run_dir, full.bad)
+        return full
+
+    with tqdm(desc="encode latents", unit="img", disable=not cfg.logging.progress) as bar:
+        cache, _built = open_or_build(
+            cache_dir,
+            inputs,
+            load,
+            lambda x: latents.encode(x),
+            shard_size=lc.shard_size,
+            batch_size=lc.encode_batch_size,
+            progress=bar.update,
+        )
+    train_rows, val_rows = split_indices(len(cache), cfg.data.val_fraction, tc.seed)
+    batches = LatentBatches(cache, train_rows, latents, cfg, rank, world, state)
+    return batches, batches.validation(val_rows[:val_cap])
+
+
+def validation_tensors(val, cap: int = 512) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(x0 in the denoiser's space, labels) of at most `cap` validation rows."""
+    if isinstance(val, LatentVal):
+        return val.x[:cap], None if val.labels is None else val.labels[:cap]
+    labels = None if val.labels is None else val.labels[:cap]
+    return to_model_range(val.images[:cap]), labels
+
+
 def open_batches(
     cfg: Config, rank: int, world: int, state: dict, run_dir
-) -> tuple[object, ImageData]:
-    """(training batches, validation ImageData) for `data.loader` = memory or stream."""
+) -> tuple[object, ImageData | LatentVal]:
+    """(training batches, validation set) for pixels (memory or stream) or latents."""
     tc = cfg.train
+    if cfg.latent.autoencoder is not None:
+        return open_latent_batches(cfg, rank, world, state, run_dir)
     if cfg.data.loader == "stream":
         loader, val = open_loader(
             cfg.data,

@@ -13,7 +13,6 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from difftrain.config import Config, ConfigError, dump_config
-from difftrain.data import to_model_range
 from difftrain.eval.evaluate import TrainingEvaluator
 from difftrain.pipeline.build import check_config
 from difftrain.pipeline.checkpoint import (
@@ -26,7 +25,7 @@ from difftrain.pipeline.checkpoint import (
     unflatten_state,
     write_checkpoint,
 )
-from difftrain.train.batches import open_batches
+from difftrain.train.batches import open_batches, validation_tensors
 from difftrain.train.data_watch import WatchedBatches
 from difftrain.train.ema import EMA, EMABank, ema_beta
 from difftrain.train.faults import (
@@ -172,11 +171,8 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
     grad_spikes = SpikeDetector(tc.spike_window, tc.spike_factor)
     loss_spikes.load(st.loss_window)
     grad_spikes.load(st.grad_window)
-    val_n = min(len(val), 512)  # bounded cost per validation
-    val_x, val_y = (
-        to_model_range(val.images[:val_n]),
-        None if val.labels is None else val.labels[:val_n],
-    )
+    val_x, val_y = validation_tensors(val, 512)  # bounded cost; pixels or latents
+    val_n = len(val_x)
     # Sample-quality evaluation during training (off unless eval.every > 0); main process only.
     evaluator = None
     if acc.is_main_process:

@@ -12,6 +12,7 @@ from difftrain.config import Config
 from difftrain.data import ImageData, load_data, to_uint8, write_bad_files
 from difftrain.pipeline.build import sampling_kwargs
 from difftrain.pipeline.generate import default_labels, generate, make_grid, save_image
+from difftrain.pipeline.latent import sample_shape
 
 
 def resolve_precision(requested: str) -> str:
@@ -46,15 +47,20 @@ def describe(cfg: Config, data, val: ImageData, n_params: int) -> dict:
     }
 
 
-def write_samples(denoiser, cfg: Config, num_classes: int | None, path: Path, device) -> None:
-    """A grid of samples from fixed seeds (one row per class when class-conditional)."""
+def write_samples(
+    denoiser, cfg: Config, num_classes: int | None, path: Path, device, latents=None
+) -> None:
+    """A grid of samples from fixed seeds (one row per class when class-conditional).
+
+    `latents` (a pipeline.latent.Latents) decodes a latent model's samples to pixels.
+    """
     num, k = cfg.sample.num, num_classes
     if k:
         num = k * max(1, round(num / k))  # whole rows per class
     images = generate(
         denoiser,
         num=num,
-        shape=(cfg.data.channels, cfg.data.resolution, cfg.data.resolution),
+        shape=sample_shape(cfg),
         seed=cfg.sample.seed,
         labels=default_labels(num, k),
         null_class=k,
@@ -62,6 +68,8 @@ def write_samples(denoiser, cfg: Config, num_classes: int | None, path: Path, de
         device=device,
         **sampling_kwargs(cfg),  # the configured sampler, schedule and options
     )
+    if latents is not None:
+        images = latents.to_images(images)
     save_image(make_grid(to_uint8(images), num // k if k else None), path, min_side=256)
 
 
