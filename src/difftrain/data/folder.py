@@ -12,11 +12,47 @@ from difftrain.data.errors import DataError
 from difftrain.data.sources import IMAGE_EXTENSIONS, Source
 
 
-def list_images(root: Path) -> tuple[list[Path], int]:
-    """Image files under root (sorted, recursive, hidden names skipped) and the count of others."""
-    found, others = [], 0
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+def _identity(path: str) -> tuple[int, int] | None:
+    """(device, inode) of a directory, links followed; None if it cannot be read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def list_images(root: Path) -> tuple[list[Path], int, list[tuple[str, str]]]:
+    """Image files under root (sorted, recursive, hidden names skipped), the count of other
+    files, and the directories that could not be read as (path, error).
+
+    Directory symlinks are followed, and each real directory is walked once (by device and
+    inode): a directory inside root is reached by its own path, never through a link to it,
+    so a link back to an ancestor (a cycle) or a second link to one directory adds nothing.
+    """
+    real = {_identity(d) for d, _, _ in os.walk(root)}  # without links; errors come below
+    found, others, unreadable = [], 0, []
+    seen: set[tuple[int, int] | None] = set()
+
+    def walk_error(err: OSError) -> None:
+        unreadable.append((str(err.filename), f"{type(err).__name__}: {err.strerror}"))
+
+    def wanted(path: str) -> bool:
+        ident = _identity(path)
+        if ident is None:
+            return True  # os.walk reports it through walk_error
+        if ident in seen or (ident in real and os.path.islink(path)):
+            return False
+        seen.add(ident)
+        return True
+
+    seen.add(_identity(str(root)))
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=walk_error, followlinks=True):
+        dirnames[:] = [
+            d
+            for d in sorted(dirnames)
+            if not d.startswith(".") and wanted(os.path.join(dirpath, d))
+        ]
         for name in sorted(filenames):
             if name.startswith("."):
                 continue
@@ -24,7 +60,7 @@ def list_images(root: Path) -> tuple[list[Path], int]:
                 found.append(Path(dirpath) / name)
             else:
                 others += 1
-    return found, others
+    return found, others, unreadable
 
 
 class FolderSource(Source):
@@ -39,11 +75,12 @@ class FolderSource(Source):
     @classmethod
     def open(cls, cfg) -> FolderSource:
         root = Path(cfg.path)
-        files, others = list_images(root)
+        files, others, unreadable = list_images(root)
         if not files:
+            locked = f"; {len(unreadable)} unreadable: {unreadable[0][0]}" if unreadable else ""
             raise DataError(
                 f"data.path = '{root}': no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) "
-                "under it; point data.path at the image folder"
+                f"under it{locked}; point data.path at the image folder (or fix permissions)"
             )
         rel = [f.relative_to(root).parts for f in files]
         classes = sorted({p[0] for p in rel if len(p) > 1})
@@ -54,6 +91,9 @@ class FolderSource(Source):
             names = classes
         captions = folder_captions(root, files, cfg)
         src = cls(root, files, labels, names, captions, others)
+        for path, detail in unreadable:  # its images cannot even be listed: one bad entry each
+            src.bad.total += 1
+            src.bad.add(path, "unreadable", f"directory: {detail}")
         src.verify(cfg)
         return src
 
