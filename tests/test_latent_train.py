@@ -71,6 +71,15 @@ def test_latent_run_trains_samples_and_resumes_exactly(tiny_args, tmp_path):
     with np.load(tmp_path / "s.npz") as z:
         assert z["images"].shape == (5, 8, 8, 1)
 
+    # `difftrain evaluate` compares decoded pixels with real images in a pixel feature space.
+    feats = ["--set", "features.width=8", "--set", "features.feature_dim=16"]
+    invoke("features", "train", straight / "config.yaml", *feats, "--set", "features.epochs=1")
+    invoke("evaluate", straight, "--metrics", "fid,acc", "--num", 20, "--steps", 2)
+    entry = json.loads((straight / "eval.json").read_text())["latest"]
+    assert {"fid_domain", "acc"} <= set(entry["metrics"])
+    res = runner.invoke(app, ["evaluate", str(straight), "--metrics", "nll", "--num", "20"])
+    assert res.exit_code == 2 and "latent" in res.output
+
 
 def test_latent_run_reuses_its_cache_and_refuses_another_autoencoder(tiny_args, tmp_path):
     ae, other = tiny_ae(tmp_path / "ae"), tiny_ae(tmp_path / "other", seed=1)

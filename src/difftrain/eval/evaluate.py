@@ -157,13 +157,20 @@ def generate_for_eval(
     batch_size: int = 250,
     device="cpu",
     callback=None,
+    to_images=None,
+    shape: tuple[int, int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """`num` uint8 samples with balanced class labels; sample i depends only on (seed, i)."""
+    """`num` uint8 samples with balanced class labels; sample i depends only on (seed, i).
+
+    `to_images` (a LoadedRun's) decodes a latent model's samples to pixels.
+    """
+    from difftrain.pipeline.latent import sample_shape
+
     labels = default_labels(num, num_classes)
     images = generate(
         denoiser,
         num=num,
-        shape=(cfg.data.channels, cfg.data.resolution, cfg.data.resolution),
+        shape=shape or sample_shape(cfg),
         seed=seed,
         labels=labels,
         null_class=num_classes,
@@ -175,6 +182,8 @@ def generate_for_eval(
         device=device,
         callback=callback,
     )
+    if to_images is not None:
+        images = to_images(images)
     return to_uint8(images), labels
 
 

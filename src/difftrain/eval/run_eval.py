@@ -82,6 +82,11 @@ def evaluate_run(
     cfg, k = run.config, run.num_classes
     if k is None:
         metrics = [m for m in metrics if m != "acc"]
+    if "nll" in metrics and run.autoencoder is not None:
+        raise ConfigError(
+            "--metrics nll: a latent model's likelihood would be of latents, not of images; "
+            "drop nll for this run"
+        )
     t0 = time.time()
     train, val = load_data(cfg.data).split(cfg.data.val_fraction, cfg.train.seed)
     extractor, classifier = load_extractors(cfg, metrics, features, feature_net, inception_weights)
@@ -92,7 +97,7 @@ def evaluate_run(
         quality = SampleQuality(reference, extractor, classifier, metrics, device)
         timing["reference_features_s"] = round(time.time() - t0, 2)
         t1 = time.time()
-        run.denoiser.to(device)
+        run.to(device)
         done = [0]
 
         def tick(n: int) -> None:
@@ -111,6 +116,8 @@ def evaluate_run(
             guidance=guidance,
             device=device,
             callback=tick,
+            to_images=run.to_images,  # latent models: decoded to pixels
+            shape=run.sample_shape or None,
         )
         timing["generate_s"] = round(time.time() - t1, 2)
         t2 = time.time()
