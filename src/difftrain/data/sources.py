@@ -209,16 +209,84 @@ class NpzSource(ArraySource):
     @classmethod
     def open(cls, cfg) -> NpzSource:
         path = Path(cfg.path)
-        with np.load(path, allow_pickle=False) as z:
-            if "images" not in z:
-                raise DataError(f"{path}: no 'images' array (found: {', '.join(z.files)})")
-            images = z["images"]
-            labels = z["labels"].astype(np.int64) if "labels" in z else None
-        if images.dtype != np.uint8:
-            if images.max() > 1.0 or images.min() < 0.0:
-                raise DataError(f"{path}: float images must lie in [0, 1] (or store uint8)")
-            images = np.round(images * 255).astype(np.uint8)
-        if images.ndim == 4 and images.shape[-1] == 1:
-            images = images[..., 0]
+        images, labels = read_npz(path)
         names = [str(i) for i in range(int(labels.max()) + 1)] if labels is not None else None
         return cls(images, labels, names, str(path))
+
+
+def _npz_array(z, path: Path, name: str) -> np.ndarray:
+    """One array of an open npz; object arrays (pickles) are refused, never loaded."""
+    try:
+        return z[name]
+    except ValueError as err:  # numpy: "Object arrays cannot be loaded when allow_pickle=False"
+        raise DataError(
+            f"{path}: array '{name}' is an object (pickled) array, which is never unpickled; "
+            f"store numbers ({err})"
+        ) from None
+
+
+def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """(uint8 images N×H×W[×C], int64 labels or None), checked; DataError names file and array."""
+    import zipfile
+
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise DataError(f"{path}: not a readable .npz file ({type(err).__name__}: {err})") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise DataError(f"{path}: a single .npy array, not an .npz with an 'images' array")
+    with z:
+        if "images" not in z:
+            raise DataError(f"{path}: no 'images' array (found: {', '.join(z.files) or 'none'})")
+        images = _npz_array(z, path, "images")
+        labels = _npz_array(z, path, "labels") if "labels" in z else None
+    return _check_images(images, path), _check_labels(labels, len(images), path)
+
+
+def _check_images(images: np.ndarray, path: Path) -> np.ndarray:
+    where = f"{path}: array 'images'"
+    if images.dtype.kind not in "uif":
+        raise DataError(f"{where} has dtype {images.dtype}; store uint8, or float in [0, 1]")
+    if images.ndim not in (3, 4):
+        raise DataError(f"{where} has shape {images.shape}; expected N×H×W or N×H×W×C")
+    if len(images) == 0 or images.size == 0:
+        raise DataError(f"{where} has shape {images.shape}: no images")
+    if images.ndim == 4 and images.shape[-1] not in (1, 3, 4):
+        raise DataError(f"{where} has {images.shape[-1]} channels; expected 1, 3 or 4 (last axis)")
+    if images.dtype.kind == "f":
+        nan = np.isnan(images)
+        if nan.any():
+            first = np.argwhere(nan)[0].tolist()
+            raise DataError(
+                f"{where} holds {int(nan.sum())} NaN value(s), first at index {first}; "
+                "fix or drop those images"
+            )
+        if not np.isfinite(images).all():
+            raise DataError(f"{where} holds infinite values; fix or drop those images")
+    if images.dtype != np.uint8:
+        if images.max() > 1.0 or images.min() < 0.0:
+            raise DataError(
+                f"{where}: {images.dtype} values must lie in [0, 1] (found "
+                f"{images.min()}..{images.max()}); scale them, or store uint8"
+            )
+        images = np.round(images * 255).astype(np.uint8)
+    if images.ndim == 4 and images.shape[-1] == 1:
+        images = images[..., 0]
+    return images
+
+
+def _check_labels(labels: np.ndarray | None, n: int, path: Path) -> np.ndarray | None:
+    if labels is None:
+        return None
+    where = f"{path}: array 'labels'"
+    if labels.dtype.kind not in "uif" or labels.ndim != 1:
+        raise DataError(
+            f"{where} has dtype {labels.dtype} and shape {labels.shape}; expected N integers"
+        )
+    if len(labels) != n:
+        raise DataError(f"{where}: {len(labels)} labels for {n} images")
+    if labels.dtype.kind == "f" and not (np.isfinite(labels).all() and (labels % 1 == 0).all()):
+        raise DataError(f"{where}: class labels must be whole numbers")
+    if n and labels.min() < 0:
+        raise DataError(f"{where}: class labels must be >= 0 (found {labels.min()})")
+    return labels.astype(np.int64)
