@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import typer
@@ -26,6 +27,22 @@ def parse_interval(text: str | None) -> tuple[float, float] | None:
     return lo, hi
 
 
+def read_prompt_file(path: Path | None) -> list[str]:
+    """Non-empty lines of a UTF-8 prompt file; a missing or unreadable file is a ConfigError."""
+    if path is None:
+        return []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(
+            f"--prompt-file {str(path)!r}: cannot read it as UTF-8 text ({err})"
+        ) from None
+    prompts = [line.strip() for line in lines if line.strip()]
+    if not prompts:
+        raise ConfigError(f"--prompt-file {str(path)!r}: no prompts in it (one per line)")
+    return prompts
+
+
 @handle_errors
 def sample(
     run_dir: Path = typer.Argument(..., help="A run directory written by `difftrain train`."),
@@ -38,7 +55,14 @@ def sample(
         0, "--first-index", min=0, help="Index of the first image (continue a previous call)."
     ),
     class_label: int | None = typer.Option(None, "--class-label", help="Generate only this class."),
-    prompt: str | None = typer.Option(None, "--prompt", help="Text prompt (text models)."),
+    prompt: list[str] = typer.Option(
+        [],
+        "--prompt",
+        help="Text prompt (text models); repeatable: --num images and a grid row each.",
+    ),
+    prompt_file: Path | None = typer.Option(
+        None, "--prompt-file", help="A UTF-8 text file of prompts, one per line (like --prompt)."
+    ),
     negative_prompt: str | None = typer.Option(
         None, "--negative-prompt", help="Text to guide away from (text models)."
     ),
@@ -98,6 +122,7 @@ def sample(
         )
     if weights not in ("ema", "model"):
         raise ConfigError(f"--weights {weights!r}: allowed 'ema' or 'model'")
+    prompts = list(prompt) + read_prompt_file(prompt_file)
     for opt, path in (("--init-image", init_image), ("--mask", mask)):
         if path is not None and not path.is_file():
             raise ConfigError(f"{opt} {str(path)!r}: no such file")
@@ -106,7 +131,7 @@ def sample(
         seed=seed,
         first_index=first_index,
         class_label=class_label,
-        prompt=prompt,
+        prompt=prompts[0] if prompts else None,
         negative_prompt=negative_prompt,
         sampler=sampler,
         steps=steps,
@@ -125,13 +150,20 @@ def sample(
     device = "cuda" if torch.cuda.is_available() else "cpu"
     run.to(device) if hasattr(run, "to") else run.denoiser.to(device)  # latent runs: the VAE too
     k = run.num_classes
-    blocks = k is not None and class_label is None and prompt is None
+    blocks = k is not None and class_label is None and not prompts
     idx, cols = grid_indices(num, k, blocks)
-    writer = SampleWriter(out, num, npz=npz, grid=(idx, grid_cols or cols))
+    # Several prompts: one request each with the same seeds (rows differ only by their prompt),
+    # written one after another; the grid has a row per prompt.
+    plans = [plan] + [plan_request(run, replace(req, prompt=p), limits) for p in prompts[1:]]
+    total = num * len(plans)
+    if len(plans) > 1:
+        idx, cols = grid_indices(total, len(plans), True)
+    writer = SampleWriter(out, total, npz=npz, grid=(idx, grid_cols or cols))
     try:
-        with tqdm(total=num, desc="sample", unit="img") as bar:
-            for batch in run_request(run, plan, batch_size=batch_size, callback=bar.update):
-                writer.add(batch)
+        with tqdm(total=total, desc="sample", unit="img") as bar:
+            for j, p in enumerate(plans):
+                for batch in run_request(run, p, batch_size=batch_size, callback=bar.update):
+                    writer.add(replace(batch, start=batch.start + j * num))
     except BaseException:
         writer.abort()
         raise
@@ -142,10 +174,11 @@ def sample(
         "init_image": str(init_image) if init_image else None,
         "mask": str(mask) if mask else None,
         "grid_images": len(idx),
+        **({"prompts": prompts} if len(prompts) > 1 else {}),
     }
     (out / "sample.json").write_text(json.dumps(info, indent=1))
     console.print(
-        f"wrote {num} images and grid.png to {out}" + (f"; arrays to {npz}" if npz else ""),
+        f"wrote {total} images and grid.png to {out}" + (f"; arrays to {npz}" if npz else ""),
         markup=False,
         highlight=False,
     )

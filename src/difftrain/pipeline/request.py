@@ -71,7 +71,7 @@ class Plan:
     guidance: float
     interval: tuple[float, float] | None
     labels: torch.Tensor | None  # one condition row per image (class ids; token ids for text)
-    null_cond: int | None
+    null_cond: int | torch.Tensor | None  # null class, or token ids 1×L of "" / the negative
     shape: tuple[int, ...]
     init: torch.Tensor | None = None
     mask: torch.Tensor | None = None
@@ -94,6 +94,10 @@ class Plan:
             self.interval,
             self.labels is None,
             self.shape,
+            # a text null row (the negative prompt) is shared by the whole merged batch
+            tuple(self.null_cond.flatten().tolist())
+            if isinstance(self.null_cond, torch.Tensor)
+            else self.null_cond,
         )
 
     def info(self) -> dict:
@@ -195,7 +199,7 @@ def _condition(
         # Hook for text-conditioned models: a run that can encode prompts exposes
         # `encode_prompts(prompts, negative, num) -> (cond rows, null cond)`.
         encode = getattr(run, "encode_prompts", None)
-        if encode is None:
+        if encode is None or getattr(run, "text", True) is None:
             raise ConfigError(
                 "prompt: this model is not text-conditioned; drop the prompt"
                 + (" or choose a class with class_label" if k is not None else "")
@@ -226,12 +230,18 @@ def _plan_init_image(run: LoadedRun, req: GenerationRequest, plan: Plan) -> None
         raise ConfigError("strength needs init_image")
     if req.init_image is None:
         return
-    if getattr(run, "autoencoder", None) is not None:
-        raise ConfigError("init_image: not supported for latent models yet; drop it")
+    latents = getattr(run, "latents", None)
+    if latents is not None and req.mask is not None:
+        raise ConfigError(
+            "mask: inpainting keeps pixels exactly, which a latent model cannot; drop the mask "
+            "(img2img with init_image alone works)"
+        )
     d = run.config.data
     plan.init, size = load_init_image(
         req.init_image, d.channels, d.resolution, d.resize, d.max_pixels
     )
+    if latents is not None:  # img2img (SDEdit) from the image's posterior mean, in latents
+        plan.init = latents.to_model(latents.encode(plan.init[None])[0])[0].cpu()
     if req.mask is not None:
         plan.mask = load_mask(req.mask, size, d.resolution, d.resize, d.max_pixels)
     plan.strength = req.strength if req.strength is not None else (1.0 if req.mask else 0.8)

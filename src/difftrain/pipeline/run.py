@@ -12,6 +12,7 @@ from difftrain.config import Config, ConfigError, load_config
 from difftrain.pipeline.build import build_denoiser
 from difftrain.pipeline.checkpoint import CheckpointError, latest_good_checkpoint, read_checkpoint
 from difftrain.pipeline.latent import Latents, load_autoencoder, run_autoencoder_dir, sample_shape
+from difftrain.pipeline.text import TextConditioning
 
 
 @dataclass
@@ -23,6 +24,15 @@ class LoadedRun:
     autoencoder: nn.Module | None = None  # latent runs: the AutoencoderKL; None for pixels
     sample_shape: tuple[int, int, int] = ()  # (C, H, W) the denoiser works in
     latents: Latents | None = None
+    text: TextConditioning | None = None  # text runs: the tokenizer (prompts → token ids)
+
+    def encode_prompts(
+        self, prompts: list[str], negative: str | None, num: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(token ids num×L, null row 1×L: the negative prompt or "") for a text-conditioned run."""
+        if self.text is None:
+            raise ConfigError("prompt: this model is not text-conditioned; drop the prompt")
+        return self.text.request(prompts, negative, num)
 
     def to_images(self, x: torch.Tensor) -> torch.Tensor:
         """Denoiser output → pixels in [-1, 1]: identity for pixel models, decoded for latent."""
@@ -37,6 +47,8 @@ class LoadedRun:
 
     @property
     def num_classes(self) -> int | None:
+        if self.text is not None:
+            return None  # conditioned on prompts; the data's classes are not the model's input
         return self.state["data"]["num_classes"]
 
     @property
@@ -68,4 +80,5 @@ def load_run(
     if cfg.latent.autoencoder is not None:
         vae = load_autoencoder(run_autoencoder_dir(cfg, run_dir))
         latents = Latents.for_config(cfg, vae)
-    return LoadedRun(cfg, denoiser, path, state, vae, shape, latents)
+    text = TextConditioning.open(cfg, run_dir)  # BPE: the run's text/tokenizer.json
+    return LoadedRun(cfg, denoiser, path, state, vae, shape, latents, text)

@@ -40,6 +40,7 @@ class MemoryBatches:
         self.stream = BatchStream(len(data), cfg.train.seed, **state)
         self.bad = data.bad
         self.num_classes, self.class_names = data.num_classes, data.class_names
+        self.captions = data.captions  # the training split's captions (text conditioning)
 
     def __len__(self) -> int:
         return len(self.data)
@@ -56,7 +57,8 @@ class MemoryBatches:
             files[i] if files else str(int(ids[i]) if ids is not None else int(i))
             for i in idx.tolist()
         ]
-        return Batch(x, labels, None, keys)
+        captions = None if self.captions is None else [self.captions[i] for i in idx.tolist()]
+        return Batch(x, labels, captions, keys)
 
     def state(self) -> dict:
         return self.stream.state()
@@ -74,6 +76,7 @@ class LatentVal:
 
     x: torch.Tensor
     labels: torch.Tensor | None
+    captions: list[str] | None = None  # text models validate on the held-out captions
 
     def __len__(self) -> int:
         return len(self.x)
@@ -94,6 +97,11 @@ class LatentBatches:
         self.bad = BadFiles()
         self.class_names = cache.class_names
         self.num_classes = None if cache.class_names is None else len(cache.class_names)
+        self.captions = self._captions(rows)  # the training split's (text conditioning)
+
+    def _captions(self, rows: torch.Tensor) -> list[str] | None:
+        caps = self.cache.captions
+        return None if caps is None else [caps[i] for i in rows.tolist()]
 
     def __len__(self) -> int:
         return len(self.idx)
@@ -116,7 +124,7 @@ class LatentBatches:
         """Posterior means (unflipped) of `rows`: deterministic, like the pixel validation set."""
         mean, _ = self.cache.gather(rows)
         labels = None if self.cache.labels is None else self.cache.labels[rows]
-        return LatentVal(self.latents.to_model(mean), labels)
+        return LatentVal(self.latents.to_model(mean), labels, self._captions(rows))
 
     def state(self) -> dict:
         return self.stream.state()
@@ -134,7 +142,7 @@ class EncodingBatches:
     def __init__(self, inner: MemoryBatches, latents, cfg: Config):
         self.inner, self.latents, self.cfg = inner, latents, cfg
         self.bad, self.num_classes = inner.bad, inner.num_classes
-        self.class_names = inner.class_names
+        self.class_names, self.captions = inner.class_names, inner.captions
 
     def __len__(self) -> int:
         return len(self.inner)
@@ -183,7 +191,8 @@ def open_latent_batches(cfg: Config, rank: int, world: int, state: dict, run_dir
         val_x = latents.to_model(latents.encode(x)[0]).cpu() if len(x) else x
         val_y = None if val.labels is None else val.labels[:val_cap]
         inner = MemoryBatches(data, cfg, rank, world, state)
-        return EncodingBatches(inner, latents, cfg), LatentVal(val_x, val_y)
+        val_c = None if val.captions is None else val.captions[:val_cap]
+        return EncodingBatches(inner, latents, cfg), LatentVal(val_x, val_y, val_c)
     cache_dir = Path(lc.cache_dir or Path(tc.run_dir) / "latents")
     inputs = cache_inputs(cfg.data, ae_hash, exclude=(cache_dir, Path(tc.run_dir)))
 

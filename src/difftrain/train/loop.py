@@ -229,14 +229,13 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
     def micro_batch(batch, m: int, gen: torch.Generator):
         """Micro-batch m of this process's rows, on the device; labels dropped to null by `gen`."""
         rows = slice(m * per_proc, (m + 1) * per_proc)
-        cond = None
-        if batch.labels is not None:
+        cond = task.condition(batch, rows, gen)  # text: caption ids, some dropped to ""
+        if cond is None and batch.labels is not None:
             cond = batch.labels[rows].clone()
             cond[torch.rand(len(cond), generator=gen) < tc.label_dropout] = (
                 data.num_classes
             )  # null class
-            cond = cond.to(acc.device)
-        return batch.x[rows].to(acc.device), cond
+        return batch.x[rows].to(acc.device), None if cond is None else cond.to(acc.device)
 
     def step_generators(step: int) -> torch.Generator:
         # Randomness of a step is a function of (seed, step, rank): resume needs no RNG state.

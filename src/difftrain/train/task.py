@@ -54,6 +54,10 @@ class Task:
     def export(self, ema_model, run_dir: Path) -> None:
         """Called after each checkpoint (main process) with the EMA weights."""
 
+    def condition(self, batch, rows: slice, gen: torch.Generator) -> torch.Tensor | None:
+        """A micro-batch's condition when the task makes it (text: token ids), else None."""
+        return None
+
 
 class DiffusionTask(Task):
     """A denoiser D(x, σ, cond) and its diffusion objective; validation loss at 8 noise levels."""
@@ -84,4 +88,8 @@ def build_task(cfg: Config, data, val: ImageData, device: torch.device | str = "
         reference = getattr(data, "data", val)  # in-memory training images; streamed: validation
         return AutoencoderTask(cfg, to_model_range(reference.images[: cfg.autoencoder.scaling_images]),
                                val, device)  # fmt: skip
+    if cfg.text.encoder != "none":  # captions → token ids; the backbone owns the text encoder
+        from difftrain.train.text_task import TextDiffusionTask
+
+        return TextDiffusionTask(cfg, data, val, getattr(data, "latents", None))
     return DiffusionTask(cfg, data.num_classes, getattr(data, "latents", None))
