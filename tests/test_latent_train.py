@@ -70,6 +70,17 @@ def test_latent_run_trains_samples_and_resumes_exactly(tiny_args, tmp_path):
     assert Image.open(out / "000000.png").size == (8, 8)
     with np.load(tmp_path / "s.npz") as z:
         assert z["images"].shape == (5, 8, 8, 1)
+    # img2img encodes the init image into latents; inpainting (exact pixels) is refused.
+    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8) * 4).save(tmp_path / "init.png")
+    init = ["--init-image", tmp_path / "init.png", "--num", 2, "--steps", 3]
+    invoke("sample", straight, *init, "--strength", 0.5, "--out", tmp_path / "i2i")
+    assert Image.open(tmp_path / "i2i" / "000001.png").size == (8, 8)
+    res = runner.invoke(
+        app,
+        [str(a) for a in ("sample", straight, *init, "--mask", tmp_path / "init.png")]
+        + ["--out", str(tmp_path / "inpaint")],
+    )
+    assert res.exit_code == 2 and "latent model" in res.output
 
     # `difftrain evaluate` compares decoded pixels with real images in a pixel feature space.
     feats = ["--set", "features.width=8", "--set", "features.feature_dim=16"]
