@@ -50,6 +50,9 @@ def train(
 from difftrain.cli.sample_cmd import sample  # noqa: E402
 
 app.command(name="sample")(sample)
+from difftrain.cli.serve_cmd import serve  # noqa: E402
+
+app.command(name="serve")(serve)
 from difftrain.cli.eval_cmd import evaluate, report  # noqa: E402
 from difftrain.cli.features_cmd import features_app  # noqa: E402
 
