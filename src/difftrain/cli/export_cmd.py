@@ -1,0 +1,28 @@
+"""`difftrain export`: a thin wrapper over difftrain.export.run_export.export_run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from difftrain.cli.common import console, handle_errors
+
+
+@handle_errors
+def export(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `difftrain train`."),
+    format: str = typer.Option(..., "--format", help="diffusers, safetensors or onnx."),
+    out: Path = typer.Option(
+        ..., "--out", help="New or empty directory (or a previous export, which is replaced)."
+    ),
+    weights: str = typer.Option("ema", "--weights", help="'ema' or 'model'."),
+) -> None:
+    """Export a trained run for diffusers, for difftrain alone (safetensors), or for ONNX."""
+    from difftrain.export.run_export import export_run
+
+    result = export_run(run_dir, format, out, weights)
+    console.print(
+        f"exported {result.format} ({len(result.files)} files) to {result.out}; {result.detail}",
+        highlight=False,
+    )

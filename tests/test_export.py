@@ -1,0 +1,97 @@
+"""difftrain export: safetensors round trip, out-directory safety and refusals (exit 2)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from difftrain.cli.main import app
+from difftrain.config import ConfigError
+from difftrain.export.outdir import MARKER
+from difftrain.export.run_export import export_run
+from difftrain.export.weights import load_exported
+from difftrain.pipeline.generate import generate
+from difftrain.pipeline.run import load_run
+from tests.export_helpers import make_run
+
+runner = CliRunner()
+
+
+def cli(*args):
+    return runner.invoke(app, ["export", *[str(a) for a in args]])
+
+
+@pytest.mark.parametrize("k,objective", [(3, "edm"), (None, "vp")])
+def test_safetensors_round_trip_gives_the_same_samples(tmp_path, k, objective):
+    run_dir = make_run(tmp_path / "run", k, **{"diffusion.objective": objective})
+    res = cli(run_dir, "--format", "safetensors", "--out", tmp_path / "st")
+    assert res.exit_code == 0, res.output
+    ref, got = load_run(run_dir), load_exported(tmp_path / "st")
+    assert got.num_classes == k and got.config == ref.config
+    labels = None if k is None else torch.tensor([0, 1, 2])
+    kw = dict(num=3, shape=(1, 8, 8), seed=5, steps=3, labels=labels, null_class=k)
+    torch.testing.assert_close(
+        generate(got.denoiser, **kw), generate(ref.denoiser, **kw), rtol=0, atol=0
+    )
+
+
+def test_safetensors_export_detects_a_modified_file(tmp_path):
+    make_run(tmp_path / "run")
+    export_run(tmp_path / "run", "safetensors", tmp_path / "st")
+    meta = json.loads((tmp_path / "st/model.json").read_text())
+    meta["data"]["class_names"] = ["sneaky"]
+    (tmp_path / "st/model.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match="SHA-256 mismatch"):
+        load_exported(tmp_path / "st")
+
+
+def test_export_manifest_names_outside_the_directory_are_refused(tmp_path):
+    make_run(tmp_path / "run")
+    export_run(tmp_path / "run", "safetensors", tmp_path / "st")
+    (tmp_path / "secret").write_text("x")
+    info = json.loads((tmp_path / "st" / MARKER).read_text())
+    info["files"]["../secret"] = "0" * 64
+    (tmp_path / "st" / MARKER).write_text(json.dumps(info))
+    with pytest.raises(ConfigError, match="outside the export"):
+        load_exported(tmp_path / "st")
+
+
+def test_out_dir_rules(tmp_path):
+    run_dir = make_run(tmp_path / "run")
+    # Non-empty directory that is not an export: refused, untouched.
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("mine")
+    res = cli(run_dir, "--format", "safetensors", "--out", busy)
+    assert res.exit_code == 2 and "not empty" in res.output
+    assert sorted(p.name for p in busy.iterdir()) == ["keep.txt"]
+    # Empty directory: used. A previous export: replaced. No staging leftovers.
+    (tmp_path / "empty").mkdir()
+    assert cli(run_dir, "--format", "safetensors", "--out", tmp_path / "empty").exit_code == 0
+    assert cli(run_dir, "--format", "safetensors", "--out", tmp_path / "empty").exit_code == 0
+    load_exported(tmp_path / "empty")
+    # A previous export with a file added by someone else: refused, that file kept.
+    (tmp_path / "empty/notes.txt").write_text("user's")
+    res = cli(run_dir, "--format", "safetensors", "--out", tmp_path / "empty")
+    assert res.exit_code == 2 and "notes.txt" in res.output
+    assert (tmp_path / "empty/notes.txt").read_text() == "user's"
+    # A file where the directory should be.
+    (tmp_path / "afile").write_text("x")
+    assert cli(run_dir, "--format", "onnx", "--out", tmp_path / "afile").exit_code == 2
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+
+
+def test_refusals_exit_2(tmp_path):
+    run_dir = make_run(tmp_path / "run", 3, **{"diffusion.objective": "flow"})
+    res = cli(run_dir, "--format", "tflite", "--out", tmp_path / "o")
+    assert res.exit_code == 2 and "unknown" in res.output
+    res = cli(run_dir, "--format", "diffusers", "--out", tmp_path / "o")
+    assert res.exit_code == 2 and "class-conditional flow" in res.output
+    res = cli(tmp_path / "nowhere", "--format", "onnx", "--out", tmp_path / "o")
+    assert res.exit_code == 2 and "not a run directory" in res.output
+    res = cli(run_dir, "--format", "onnx", "--weights", "best", "--out", tmp_path / "o")
+    assert res.exit_code == 2
+    assert not (tmp_path / "o").exists()
