@@ -65,6 +65,9 @@ app.command(name="ema")(ema)
 from difftrain.cli.data_cmd import data_app  # noqa: E402
 
 app.add_typer(data_app, name="data")
+from difftrain.cli.export_cmd import export  # noqa: E402
+
+app.command(name="export")(export)
 
 
 def main() -> None:
