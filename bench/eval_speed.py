@@ -3,7 +3,8 @@
 Measures, in one process on the demo config:
   * images/s of the domain feature network and of the FID Inception-v3 (same architecture and
     cost as with the published weights; random values, as those cannot be downloaded here);
-  * training img/s of difftrain's own loop (metrics.jsonl, after a warm-up);
+  * training img/s of difftrain's own loop over all timed steps after a warm-up (the
+    images between two metrics.jsonl rows over the wall time between them);
   * the time of one `TrainingEvaluator` call (generate eval.num images, embed, FID/KID/PR/acc),
     and its share of training time when the loop calls it every eval.every steps.
 Network weights do not change the cost, so untrained networks are timed.
@@ -39,23 +40,28 @@ def throughput(net, images: torch.Tensor, batch: int) -> float:
     return len(images) / (time.perf_counter() - t)
 
 
+def img_per_s_between(rows: list[dict], start: int, end: int, batch_size: int) -> float:
+    """img/s over every step in (start, end]: the images trained between the two log rows
+    divided by the wall time between them (so a slow step, e.g. a snapshot write, counts once
+    among all the timed steps, not as a fifth of them)."""
+    t = {r["step"]: r["time"] for r in rows if "train/loss" in r}
+    return (end - start) * batch_size / (t[end] - t[start])
+
+
 def train_img_per_s(cfg, steps: int, warmup: int) -> float:
-    """img/s of difftrain's loop from its metrics.jsonl, rows after the warm-up."""
+    """img/s of difftrain's loop over all `steps` timed steps after `warmup` (metrics.jsonl)."""
     with tempfile.TemporaryDirectory() as d:
         c = cfg.model_copy(deep=True)
         c.train.run_dir = Path(d) / "run"
         c.train.max_steps = warmup + steps
-        c.train.log_every = warmup
+        c.train.log_every = warmup  # rows at step `warmup` and (always) at the last step
         c.train.checkpoint_every = c.train.sample_every = 10**9
         c.logging.progress = False
         c.logging.tensorboard = False
         c.eval.every = 0
         train(c)
         rows = [json.loads(r) for r in (c.train.run_dir / "metrics.jsonl").read_text().splitlines()]
-        rates = [
-            r["train/img_per_s"] for r in rows if "train/img_per_s" in r and r["step"] > warmup
-        ]
-        return rates[-1]
+        return img_per_s_between(rows, warmup, warmup + steps, c.train.batch_size)
 
 
 def main() -> None:
