@@ -130,6 +130,29 @@ def test_streamed_shards_truncated_after_the_header(tmp_path):
             loader.next()
 
 
+def test_a_batch_with_no_decodable_sample_is_counted_and_skipped(tmp_path):
+    import webdataset as wds
+
+    (tmp_path / "s").mkdir()
+    with wds.TarWriter(str(tmp_path / "s" / "shard-0000.tar")) as tw:
+        for k in range(6):
+            img = encode(pattern((16, 16), COLORS["green"], seed=k), "PNG")
+            tw.write({"__key__": f"k{k}", "png": truncated_png(k) if k < 2 else img})
+    sets = [
+        "data.source=webdataset",
+        f"data.path={tmp_path / 's'}",
+        "data.resolution=8",
+        "data.loader=stream",
+        "data.val_fraction=0",
+        "data.shuffle_buffer=1",  # file order: the first batch is both bad samples
+        "data.max_bad_fraction=0.5",
+    ]
+    loader, _ = open_loader(load_config(None, sets).data, seed=0, batch_size=2, workers=1)
+    assert loader.next().keys == ["k2", "k3"]
+    assert sorted(loader.bad.by_reason["truncated"]) == ["shard-0000.tar/k0", "shard-0000.tar/k1"]
+    loader.close()
+
+
 class SlowBatches:
     """A stand-in for a loader that takes `delay` seconds per batch (a slow disk)."""
 

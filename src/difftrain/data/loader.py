@@ -26,6 +26,7 @@ from difftrain.data.shards import epoch_stream
 from difftrain.data.transforms import augment, fit, hflip_probability, to_array
 
 N_FALLBACKS = 4  # a sample that fails to decode is replaced by the next of its epoch order
+MAX_EMPTY_BATCHES = 16  # batches in a row with no decodable sample before the run stops
 
 
 @dataclass
@@ -222,8 +223,8 @@ class _Decoder(Dataset):
             got = self._load(ref, size, bad)
             rows.append(None if got is None else (self._sample(got[0], size, pos), *got[1:]))
         ok = [r for r in rows if r is not None]
-        if not ok:
-            raise DataError(f"every sample of a batch failed to decode: {bad[:3]}")
+        if not ok:  # no stand-in possible: the main process counts these and takes the next
+            return {"x": None, "bad": bad, "state": state}
         rows = [r if r is not None else ok[j % len(ok)] for j, r in enumerate(rows)]  # stand-ins
         labels = [r[1] for r in rows]
         return {
@@ -328,17 +329,23 @@ class Loader:
         if self._it is None:
             self._sampler.state = dict(self._state)
             self._it = iter(self._dataloader())
-        out = next(self._it)
-        self._state = out["state"]
-        # Files that failed in a worker were replaced in the batch; count them (once each), and
-        # hold data.max_bad_fraction now as at start: a run must not train on a rotten dataset.
-        for key, reason, detail in out["bad"]:
-            self.bad.add(key, reason, detail)
-        if len(self.bad) > self._bad_checked:  # also samples the shard reader found bad
-            self._bad_checked = len(self.bad)
-            where = f"data.path = '{self.cfg.path or self.cfg.source}' (found while training)"
-            self.bad.check_rate(self.cfg.max_bad_fraction, where)
-        return Batch(out["x"], out["labels"], out["captions"], out["keys"])
+        where = f"data.path = '{self.cfg.path or self.cfg.source}' (found while training)"
+        for _ in range(MAX_EMPTY_BATCHES):
+            out = next(self._it)
+            self._state = out["state"]
+            # Files that failed in a worker were replaced in the batch; count them (once each),
+            # and hold data.max_bad_fraction as at start: a run must not train on rotten data.
+            for key, reason, detail in out["bad"]:
+                self.bad.add(key, reason, detail)
+            if len(self.bad) > self._bad_checked:  # also samples the shard reader found bad
+                self._bad_checked = len(self.bad)
+                self.bad.check_rate(self.cfg.max_bad_fraction, where)
+            if out["x"] is not None:
+                return Batch(out["x"], out["labels"], out["captions"], out["keys"])
+        raise DataError(
+            f"{where}: {MAX_EMPTY_BATCHES} batches in a row had no sample that decodes "
+            f"({self.bad.summary()}); see bad_files.json or run `difftrain data inspect`"
+        )
 
     def __iter__(self):
         while True:
