@@ -32,6 +32,11 @@ def train(
     from difftrain.train import train as run_train
 
     cfg = load_config(config, set_)
+    named_run_dir = config.is_dir() and (config / "config.yaml").is_file()
+    if named_run_dir and not any(o.split("=", 1)[0].strip() == "train.run_dir" for o in set_):
+        # The directory the user named is the run (a copied or moved run directory writes into
+        # itself, not into the train.run_dir stored in its config); --set train.run_dir wins.
+        cfg.train.run_dir = config
     check_config(cfg)  # before any data or model is loaded
     if dry_run:
         console.print(dump_config(cfg), highlight=False)

@@ -10,8 +10,11 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -137,12 +140,7 @@ def write_checkpoint(
     except Exception as err:
         shutil.rmtree(tmp, ignore_errors=True)
         if is_disk_full(err):
-            prev = list_checkpoints(ckpt_root)
-            raise DiskFullError(
-                f"disk full while writing checkpoint step {step} under {ckpt_root}; "
-                f"{'the previous checkpoint ' + prev[-1].name + ' is intact' if prev else 'no earlier checkpoint'}. "
-                "Free space (or move train.run_dir), then run again with --resume"
-            ) from None
+            raise disk_full_error(f"checkpoint step {step} under {ckpt_root}", ckpt_root) from None
         raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -150,21 +148,60 @@ def write_checkpoint(
     return final
 
 
-def verify_checkpoint(path: Path) -> None:
-    """Raise CheckpointError unless every file in the manifest is present with its hash."""
+def member(root: Path, name: object, what: str) -> Path:
+    """`root / name` for a plain file name read from a run directory, else ValueError.
+
+    Names in manifests and indexes are untrusted: no separators, no `..`, nothing that resolves
+    (through a symlink) outside `root`.
+    """
+    if (
+        not isinstance(name, str)
+        or name in ("", ".", "..")
+        or "/" in name
+        or "\\" in name
+        or "\0" in name
+        or Path(name).is_absolute()
+    ):
+        raise ValueError(f"{what}: {name!r} is not a plain file name inside {root}")
+    path = root / name
+    if path.exists() and not path.resolve().is_relative_to(root.resolve()):
+        raise ValueError(f"{what}: {name!r} resolves outside {root}")
+    return path
+
+
+def read_manifest(path: Path) -> dict[str, str]:
+    """The manifest's {file name: SHA-256}, validated; CheckpointError if it is malformed."""
     mf = path / MANIFEST
     if not mf.is_file():
         raise CheckpointError(f"{path}: no {MANIFEST} (partial checkpoint)")
     try:
-        manifest = json.loads(mf.read_text())
-    except json.JSONDecodeError as err:
+        manifest = json.loads(mf.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{mf}: unreadable manifest ({err})") from None
-    for name, digest in manifest["files"].items():
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or "state.json" not in files:
+        raise CheckpointError(f"{mf}: malformed manifest (needs a 'files' map listing state.json)")
+    for name, digest in files.items():
+        try:
+            member(path, name, str(mf))
+        except ValueError as err:
+            raise CheckpointError(str(err)) from None
+        if not isinstance(digest, str):
+            raise CheckpointError(f"{mf}: the hash of {name!r} is not a string")
+    return files
+
+
+def verify_checkpoint(path: Path) -> dict[str, str]:
+    """Raise CheckpointError unless the manifest is well formed and every file in it is present
+    with its hash. Returns the manifest's {file name: SHA-256}."""
+    files = read_manifest(path)
+    for name, digest in files.items():
         f = path / name
         if not f.is_file():
             raise CheckpointError(f"{f}: listed in the manifest but missing")
         if sha256(f) != digest:
             raise CheckpointError(f"{f}: SHA-256 mismatch (corrupt or truncated file)")
+    return files
 
 
 def list_checkpoints(ckpt_root: Path) -> list[Path]:
@@ -188,18 +225,151 @@ def latest_good_checkpoint(ckpt_root: Path) -> Path | None:
 def read_checkpoint(
     path: Path, groups: list[str]
 ) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
-    """Verify, then load the named tensor groups and state.json."""
-    verify_checkpoint(path)
+    """Verify, then load the named tensor groups and state.json; each must be in the manifest."""
+    listed = verify_checkpoint(path)
+    for f in (p for p in path.iterdir() if p.suffix == ".safetensors"):
+        if f.stem in groups and f.name not in listed:
+            raise CheckpointError(f"{f}: not listed in {path / MANIFEST}; refusing to load it")
     tensors = {
-        g: load_file(path / f"{g}.safetensors")
-        for g in groups
-        if (path / f"{g}.safetensors").is_file()
+        g: load_file(path / f"{g}.safetensors") for g in groups if f"{g}.safetensors" in listed
     }
-    return tensors, json.loads((path / "state.json").read_text())
+    try:
+        state = json.loads((path / "state.json").read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path / 'state.json'}: unreadable ({err})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path / 'state.json'}: not a JSON object")
+    return tensors, state
+
+
+def checkpoint_problems(ckpt_root: Path) -> list[tuple[Path, str | None]]:
+    """Every checkpoint, oldest first, with why it fails verification (None when it is good)."""
+    out: list[tuple[Path, str | None]] = []
+    for path in list_checkpoints(ckpt_root):
+        try:
+            verify_checkpoint(path)
+            out.append((path, None))
+        except CheckpointError as err:
+            out.append((path, str(err)))
+    return out
 
 
 def prune_checkpoints(ckpt_root: Path, keep: int, protect: set[str] = frozenset()) -> None:
-    """Delete all but the newest `keep` checkpoints and those named in `protect` (the best)."""
-    for path in list_checkpoints(ckpt_root)[:-keep]:
+    """Keep the newest `keep` checkpoints that verify (and those in `protect`, the best).
+
+    Corrupt ones are not counted, so they can never push out the newest good checkpoint; those
+    newer than the oldest kept good one are left for the user to inspect (a resumed run rewrites
+    the same step names), older ones are deleted with the good ones beyond `keep`.
+    """
+    good = 0
+    for path in reversed(list_checkpoints(ckpt_root)):
+        if good < keep:
+            try:
+                _verify_cached(path)
+                good += 1
+            except CheckpointError:
+                pass
+            continue
         if path.name not in protect:
             shutil.rmtree(path, ignore_errors=True)
+
+
+# Pruning runs after every save; re-hashing k unchanged checkpoints each time is wasted work.
+_VERIFIED: dict[str, tuple] = {}
+
+
+def _verify_cached(path: Path) -> None:
+    """verify_checkpoint, skipped when this process verified the same files (same stat) before."""
+    key = tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in path.iterdir()))
+    if _VERIFIED.get(str(path)) == key:
+        return
+    verify_checkpoint(path)
+    _VERIFIED[str(path)] = key
+
+
+TMP_PATTERN = re.compile(r"\.tmp-step-\d{7}-(\d+)")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_tmp(ckpt_root: Path) -> list[Path]:
+    """Remove temporary checkpoint dirs left by killed saves: only our naming pattern, and only
+    those whose writer process is gone (never the live process's). Returns what was removed."""
+    removed = []
+    if not ckpt_root.is_dir():
+        return removed
+    for path in ckpt_root.iterdir():
+        m = TMP_PATTERN.fullmatch(path.name)
+        if m and path.is_dir() and not path.is_symlink() and not _alive(int(m.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def resume_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint `--resume` continues from: the newest good one; None for a run that has not
+    started. A run that has checkpoints (or metrics) but no good checkpoint is a ConfigError
+    naming what was found: restarting it from step 0 would overwrite its history."""
+    from difftrain.config import ConfigError
+
+    ckpt_root = run_dir / "checkpoints"
+    found = checkpoint_problems(ckpt_root)
+    for path, problem in reversed(found):
+        if problem is None:
+            return path
+        warnings.warn(f"skipping bad checkpoint: {problem}", stacklevel=2)
+    metrics = run_dir / "metrics.jsonl"
+    if found or (metrics.is_file() and metrics.stat().st_size > 0):
+        what = "; ".join(f"{p.name}: {why}" for p, why in found) or f"no checkpoints, but {metrics}"
+        raise ConfigError(
+            f"--resume: {run_dir} has no good checkpoint to continue from ({what}). Nothing was "
+            "changed. Repair or restore a checkpoint, or train into a new train.run_dir"
+        )
+    return None
+
+
+def disk_full_error(what: str, ckpt_root: Path) -> DiskFullError:
+    """The one message for a full disk, wherever it happens: what failed, what is intact, the fix."""
+    good = [p for p, problem in checkpoint_problems(ckpt_root) if problem is None]
+    intact = (
+        f"the previous checkpoint {good[-1].name} is intact" if good else "no earlier checkpoint"
+    )
+    return DiskFullError(
+        f"disk full while writing {what}; {intact}. "
+        "Free space (or move train.run_dir), then run again with --resume"
+    )
+
+
+@contextmanager
+def stop_if_disk_full(what: str, ckpt_root: Path) -> Iterator[None]:
+    """Turn a full disk inside the block into the DiskFullError message the checkpoints give."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except Exception as err:
+        if is_disk_full(err):
+            raise disk_full_error(what, ckpt_root) from None
+        raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write through a temporary file and rename, so a failed write leaves the old file whole."""
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -65,15 +65,58 @@ def run_snapshots(run_dir: Path, step: int | None) -> tuple[list[Snapshot], int]
     return snaps, steps[-1] if step is None else step
 
 
-def write_weights(out: Path, tensors: dict[str, torch.Tensor], state: dict) -> Path:
-    """A checkpoint-compatible directory at `out` holding ema.safetensors, atomically replaced."""
+WRITTEN_BY = "difftrain ema"  # state.json marks a directory as this command's output
+OWN_FILES = {"ema.safetensors", "state.json", "manifest.json"}
+
+
+def check_out_dir(out: Path, option: str = "--out") -> None:
+    """Refuse an output directory this command did not write (ConfigError → exit 2).
+
+    A missing or empty directory is fine; a non-empty one only if it holds exactly what a previous
+    `difftrain ema` wrote (its files, marked in state.json), since it is replaced as a whole.
+    """
     out = Path(out)
-    staging = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise ConfigError(f"{option} {str(out)!r}: exists and is not a directory; pick a new path")
+    if not out.exists():
+        return
+    names = sorted(p.name for p in out.iterdir())
+    if not names:
+        return
     try:
+        state = json.loads((out / "state.json").read_text())
+        # Outputs of earlier versions carry no marker but always a "posthoc_ema" record.
+        ours = set(names) <= OWN_FILES and (
+            state.get("written_by") == WRITTEN_BY or "posthoc_ema" in state
+        )
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, TypeError):
+        ours = False
+    if not ours:
+        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        raise ConfigError(
+            f"{option} {str(out)!r}: not empty and not written by `{WRITTEN_BY}` (it holds "
+            f"{shown}); nothing was changed. Pass a new or empty directory"
+        )
+
+
+def write_weights(out: Path, tensors: dict[str, torch.Tensor], state: dict) -> Path:
+    """A checkpoint-compatible directory at `out` holding ema.safetensors, atomically replaced.
+
+    Only a missing, empty or previously written output directory is replaced (check_out_dir).
+    """
+    out = Path(out)
+    check_out_dir(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)  # ours: this name and this process id
+    try:
+        state = {**state, "written_by": WRITTEN_BY}
         written = write_checkpoint(staging, state["step"], {"ema": tensors}, state)
-        shutil.rmtree(out, ignore_errors=True)
+        if out.exists():
+            os.replace(out, old)  # out was checked above: empty, or our previous output
         os.replace(written, out)
+        shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out
@@ -94,6 +137,7 @@ def export_posthoc(
 ) -> Path:
     """Reconstruct one σ_rel and write it as a checkpoint-compatible directory."""
     run_dir = Path(run_dir)
+    check_out_dir(out)  # before any work: never replace a directory this command did not write
     cfg = load_config(run_dir / "config.yaml")
     snaps, step = run_snapshots(run_dir, step)
     used, x, fit = posthoc_coefficients(snaps, sigma_rel, step)
@@ -118,6 +162,7 @@ def posthoc_sweep(
     """
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir
+    check_out_dir(out / "ema_best", "--out (its ema_best/)")
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{run_dir}: not a run directory (no config.yaml); pass train.run_dir")
     cfg = load_config(run_dir / "config.yaml")

@@ -57,6 +57,14 @@ def classify_step(
     return None
 
 
+def skip_update(scaler: torch.amp.GradScaler | None) -> None:
+    """End a skipped step for an fp16 GradScaler as optimizer.step() would have: record it (the
+    scale backs off after inf/NaN gradients) and reset its per-step state, so the next step may
+    unscale again. The loop always unscales (gradient clipping) before deciding to skip."""
+    if scaler is not None:
+        scaler.update()
+
+
 def first_nonfinite(model: nn.Module, run_forward_backward) -> dict:
     """Re-run one batch with hooks; name the first module whose output and the first parameter
     whose gradient is non-finite (in execution order), for the forensic report."""

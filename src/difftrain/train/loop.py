@@ -16,25 +16,29 @@ from difftrain.config import Config, ConfigError, dump_config
 from difftrain.eval.evaluate import TrainingEvaluator
 from difftrain.pipeline.build import check_config
 from difftrain.pipeline.checkpoint import (
-    DiskFullError,
+    CheckpointError,
+    clean_stale_tmp,
     flatten_state,
-    is_disk_full,
     latest_good_checkpoint,
     prune_checkpoints,
     read_checkpoint,
+    resume_checkpoint,
+    stop_if_disk_full,
     unflatten_state,
     write_checkpoint,
+    write_text_atomic,
 )
 from difftrain.train.batches import open_batches, validation_tensors
 from difftrain.train.data_watch import WatchedBatches
 from difftrain.train.ema import EMA, EMABank, ema_beta
 from difftrain.train.faults import (
+    announce,
     checkpoint_delay,
     inject_loss,
     install_activation_faults,
     parse_faults,
 )
-from difftrain.train.guards import SpikeDetector, classify_step, first_nonfinite
+from difftrain.train.guards import SpikeDetector, classify_step, first_nonfinite, skip_update
 from difftrain.train.metrics import MetricsLogger
 from difftrain.train.optim import build_optimizer, lr_at
 from difftrain.train.posthoc_ema import PowerEMA, save_snapshots, snapshot_due, truncate_snapshots
@@ -61,6 +65,16 @@ class RunState:
     grad_window: list[float] = field(default_factory=list)
     best: list[list] = field(default_factory=list)  # [[val_loss, step], ...] ascending
     since_improvement: int = 0
+    bad_streak: int = 0  # consecutive skipped steps: a restart mid-streak continues it
+    rollbacks: int = 0  # so train.max_rollbacks counts over restarts too
+
+    @classmethod
+    def load(cls, state: dict, path: Path) -> RunState:
+        """From a checkpoint's state.json (validated: it is read from the run directory)."""
+        try:
+            return cls(**state["run"])
+        except (KeyError, TypeError) as err:
+            raise CheckpointError(f"{path}: state.json has no valid run state ({err})") from None
 
 
 @dataclass
@@ -92,15 +106,16 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
         )
     per_proc = micro // world
     faults = parse_faults()
+    announce(faults)  # loudly: a run with injected faults is a test, not a real run
 
     # ---- Data: in-memory tensors or a streaming loader, one interface; seeded validation split ----
     st = RunState()
     ckpt_root = run_dir / "checkpoints"
-    start_ckpt = latest_good_checkpoint(ckpt_root) if resume else None
+    if acc.is_main_process:
+        clean_stale_tmp(ckpt_root)  # temporary dirs of killed saves (never a live process's)
+    start_ckpt = resume_checkpoint(run_dir) if resume else None  # no good one: refuse, exit 2
     if start_ckpt is not None:
-        st = RunState(
-            **json.loads((start_ckpt / "state.json").read_text())["run"]
-        )  # stream position first
+        st = RunState.load(read_checkpoint(start_ckpt, [])[1], start_ckpt)  # stream position first
     data, val = open_batches(cfg, rank, world, st.stream, run_dir if acc.is_main_process else None)
     data = WatchedBatches(data, run_dir if acc.is_main_process else None)  # wait time, bad files
     if len(data) < tc.batch_size:
@@ -129,7 +144,7 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
         acc.unwrap_model(denoiser).load_state_dict(tensors["model"])
         ema.load_state_dict(tensors["ema"])
         optimizer.load_state_dict(unflatten_state(state["optimizer"], tensors["optimizer"]))
-        st = RunState(**state["run"])
+        st = RunState.load(state, path)
         bank.load_state_dicts(tensors)
         task.load_aux_state(tensors, state.get("aux", {}))
         if pema is not None and "posthoc_ema" in tensors:
@@ -140,7 +155,7 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
     # ---- Resume: weights, EMA, optimizer, counters and stream position ----
     if resume and start_ckpt is None:
         acc.print(f"--resume: no checkpoint in {ckpt_root}; starting from step 0")
-    if not resume and ckpt_root.exists() and any(ckpt_root.iterdir()):
+    if not resume and any(ckpt_root.glob("step-*")):
         raise ConfigError(
             f"{run_dir} already holds checkpoints: pass --resume to continue it, or set "
             "train.run_dir to a new directory"
@@ -161,10 +176,11 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
 
     if acc.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(dump_config(cfg))
-        (run_dir / "environment.json").write_text(
-            json.dumps(environment(precision, world), indent=1)
-        )
+        with stop_if_disk_full(f"config.yaml in {run_dir}", ckpt_root):
+            (run_dir / "config.yaml").write_text(dump_config(cfg))
+            (run_dir / "environment.json").write_text(
+                json.dumps(environment(precision, world), indent=1)
+            )
     logger = MetricsLogger(run_dir, cfg.logging.tensorboard, enabled=acc.is_main_process)
     logger.truncate_after(st.step)
     loss_spikes = SpikeDetector(tc.spike_window, tc.spike_factor)
@@ -214,17 +230,12 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
         best = {f"step-{s:07d}" for _v, s in st.best}
         prune_checkpoints(ckpt_root, tc.keep_checkpoints, protect=best)
         task.export(ema.model, run_dir)  # e.g. RUN/autoencoder in diffusers format
-        (ckpt_root / "best.json").write_text(
-            json.dumps(
-                {
-                    "metric": tc.best_metric,
-                    "best": [
-                        {"step": s, "value": v, "checkpoint": f"step-{s:07d}"} for v, s in st.best
-                    ],
-                },
-                indent=1,
-            )
-        )
+        best_json = {
+            "metric": tc.best_metric,
+            "best": [{"step": s, "value": v, "checkpoint": f"step-{s:07d}"} for v, s in st.best],
+        }
+        with stop_if_disk_full(str(ckpt_root / "best.json"), ckpt_root):  # old one stays whole
+            write_text_atomic(ckpt_root / "best.json", json.dumps(best_json, indent=1))
 
     def micro_batch(batch, m: int, gen: torch.Generator):
         """Micro-batch m of this process's rows, on the device; labels dropped to null by `gen`."""
@@ -277,7 +288,7 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
         desc="train",
         dynamic_ncols=True,
     )
-    loss_value, bad_streak, rollbacks, stopped_early = float("nan"), 0, 0, False
+    loss_value, stopped_early = float("nan"), False
     denoiser.train()
     while st.step < tc.max_steps:
         gen = step_generators(st.step)
@@ -304,16 +315,19 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
         )
         loss_value = acc.reduce(loss_sum, reduction="mean").item()
         reason = classify_step(loss_value, grad_norm, loss_spikes, grad_spikes)
+        if reason == "nonfinite_grad" and acc.scaler is not None and acc.scaler.get_scale() >= 1:
+            reason = "fp16_overflow"  # the scaler's routine skip-and-back-off, not a divergence
         if reason is None:
             optimizer.step()
             task.aux_step()  # e.g. the discriminator's update, on this step's reconstructions
             loss_spikes.add(loss_value)
             grad_spikes.add(grad_norm)
-            bad_streak = 0
+            st.bad_streak = 0
         else:
+            skip_update(acc.scaler)  # fp16: the scaler must see this step end (and back off)
             st.skipped_steps += 1
             st.skip_reasons[reason] = st.skip_reasons.get(reason, 0) + 1
-            bad_streak += 1
+            st.bad_streak += int(reason != "fp16_overflow")  # overflows never cause rollbacks
             logger.log(
                 st.step + 1,
                 {
@@ -329,23 +343,23 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
         optimizer.zero_grad(set_to_none=True)
 
         # Rollback after a streak of bad steps: last good checkpoint, lower LR; stop after too many.
-        if bad_streak >= tc.max_bad_steps:
+        if st.bad_streak >= tc.max_bad_steps:
             bad_batch, bad_step = batch, st.step
-            rollbacks += 1
+            st.rollbacks += 1
+            rollbacks = st.rollbacks
             good = latest_good_checkpoint(ckpt_root)
             if rollbacks > tc.max_rollbacks or good is None:
                 report = forensics(bad_step, bad_batch)
                 raise TrainingDiverged(
-                    f"{bad_streak} bad steps in a row after {rollbacks - 1} rollbacks; first non-finite "
+                    f"{st.bad_streak} bad steps in a row after {rollbacks - 1} rollbacks; first non-finite "
                     f"activation: {report['first_nonfinite_activation']}; see {run_dir / 'forensics.json'}"
                 )
             scale = st.lr_scale * tc.rollback_lr_factor
             restore(good)
-            st.lr_scale = scale
+            st.lr_scale, st.rollbacks, st.bad_streak = scale, rollbacks, 0  # not the checkpoint's
             data.restore(st.stream)
             loss_spikes.load(st.loss_window)
             grad_spikes.load(st.grad_window)
-            bad_streak = 0
             logger.log(st.step, {"guard/rollback": rollbacks, "guard/lr_scale": scale})
             acc.print(
                 f"rolled back to {good.name}; LR scale now {scale:g} (rollback {rollbacks}/{tc.max_rollbacks})"
@@ -367,15 +381,8 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
             if acc.is_main_process and snapshot_due(
                 st.step, tc.posthoc_snapshot_every, tc.max_steps
             ):
-                try:
+                with stop_if_disk_full(f"post-hoc EMA snapshots in {run_dir}", ckpt_root):
                     save_snapshots(run_dir, pema)
-                except Exception as err:
-                    if is_disk_full(err):
-                        raise DiskFullError(
-                            f"disk full while writing post-hoc EMA snapshots in {run_dir}; "
-                            "free space, then run again with --resume"
-                        ) from None
-                    raise
         imgs_log += tc.batch_size
         bar.update(1)
 
@@ -403,9 +410,9 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
         # Sample grid from the EMA weights, same seeds every time.
         at_end = st.step == tc.max_steps
         if acc.is_main_process and (st.step % tc.sample_every == 0 or at_end):
-            task.write_samples(
-                ema.model, run_dir / "samples" / f"step-{st.step:07d}.png", acc.device
-            )
+            grid = run_dir / "samples" / f"step-{st.step:07d}.png"
+            with stop_if_disk_full(str(grid), ckpt_root):
+                task.write_samples(ema.model, grid, acc.device)
 
         # Validation (and sample-quality evaluation when due): best-k and early stopping.
         if st.step % tc.checkpoint_every == 0 or at_end:
@@ -448,7 +455,7 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
         st.images_seen,
         loss_value,
         st.skipped_steps,
-        rollbacks,
+        st.rollbacks,
         stopped_early,
         time.time() - t_start,
     )

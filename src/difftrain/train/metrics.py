@@ -7,6 +7,8 @@ import math
 import time
 from pathlib import Path
 
+from difftrain.pipeline.checkpoint import disk_full_error, is_disk_full
+
 
 class MetricsLogger:
     """Append one JSON object per log event; mirror scalars to TensorBoard."""
@@ -30,8 +32,20 @@ class MetricsLogger:
                 for k, v in values.items()
             }
         )
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        line = memoryview((json.dumps(row) + "\n").encode())
+        with open(self.path, "ab", buffering=0) as f:  # unbuffered: close() cannot fail later
+            start = f.tell()
+            try:
+                while line:
+                    line = line[f.write(line) :]
+            except OSError as err:
+                if not is_disk_full(err):
+                    raise
+                try:  # leave no torn row behind (best effort: the disk is full)
+                    f.truncate(start)
+                except OSError:
+                    pass
+                raise disk_full_error(str(self.path), self.path.parent / "checkpoints") from None
         if self.tb is not None:
             for k, v in values.items():
                 if isinstance(v, (int, float)):
@@ -41,10 +55,21 @@ class MetricsLogger:
         """On resume, drop rows logged after the checkpoint so the file matches one clean run."""
         if not self.enabled or not self.path.is_file():
             return
-        rows = [r for r in self.path.read_text().splitlines() if r.strip()]
-        kept = [r for r in rows if json.loads(r)["step"] <= step]
+        rows = [r for r in self.path.read_text(errors="replace").splitlines() if r.strip()]
+        kept = [r for r in rows if _step(r) is not None and _step(r) <= step]
         self.path.write_text("".join(r + "\n" for r in kept))
 
     def close(self) -> None:
+        """Close the TensorBoard writer."""
         if self.tb is not None:
             self.tb.close()
+
+
+def _step(row: str) -> int | None:
+    """The step of one metrics.jsonl row; None for a torn row (a write cut short by a kill or a
+    full disk), which resuming drops."""
+    try:
+        step = json.loads(row)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return None
+    return step if type(step) is int else None

@@ -29,6 +29,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from difftrain.pipeline.checkpoint import member
+
 SNAPSHOT_DIR = "ema_snapshots"
 INDEX = "index.json"
 # σ_rel of γ = 0 (a uniform average of the whole run): the longest profile with γ ≥ 0.
@@ -194,8 +196,34 @@ class Snapshot:
 
 
 def _read_index(snap_dir: Path) -> list[dict]:
+    """index.json's entries, validated: it is read from a run directory, so untrusted."""
+    from difftrain.config import ConfigError
+
     path = snap_dir / INDEX
-    return json.loads(path.read_text())["snapshots"] if path.is_file() else []
+    if not path.is_file():
+        return []
+    fix = f"restore it from a backup, or remove {path} and the snapshots it lists"
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{path}: unreadable ({err}); {fix}") from None
+    entries = data.get("snapshots") if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        raise ConfigError(f"{path}: needs a 'snapshots' list; {fix}")
+    for i, e in enumerate(entries):
+        where = f"{path}: snapshot entry {i}"
+        if not isinstance(e, dict):
+            raise ConfigError(f"{where} is not an object; {fix}")
+        try:
+            member(snap_dir, e.get("file"), where)
+        except ValueError as err:
+            raise ConfigError(f"{err}; {fix}") from None
+        step, gamma = e.get("step"), e.get("gamma")
+        if type(step) is not int or step < 0:
+            raise ConfigError(f"{where}: step {step!r} is not a non-negative integer; {fix}")
+        if type(gamma) not in (int, float) or not 0 <= gamma < math.inf:
+            raise ConfigError(f"{where}: gamma {gamma!r} is not a finite number >= 0; {fix}")
+    return entries
 
 
 def _write_index(snap_dir: Path, entries: list[dict]) -> None:
