@@ -66,6 +66,11 @@ def load_run(
             f"{run_dir}: not a run directory (no config.yaml); pass the train.run_dir"
         )
     cfg = load_config(run_dir / "config.yaml")
+    if cfg.model.kind == "autoencoder":
+        raise ConfigError(
+            f"{run_dir}: an autoencoder run (model.kind = autoencoder) has no denoiser to sample; "
+            f"use it as latent.autoencoder of a diffusion run (it reads {run_dir / 'autoencoder'})"
+        )
     path = Path(checkpoint) if checkpoint else latest_good_checkpoint(run_dir / "checkpoints")
     if path is None:
         raise CheckpointError(f"{run_dir}: no complete checkpoint under checkpoints/; train first")
