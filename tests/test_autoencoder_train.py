@@ -99,6 +99,9 @@ def test_autoencoder_run_logs_psnr_writes_grid_export_and_gan_state(ae_config, t
     # Discriminator and its optimizer live in the same checkpoint (safetensors).
     files = json.loads((run / "checkpoints/step-0000008/manifest.json").read_text())["files"]
     assert {"disc.safetensors", "disc_optimizer.safetensors"} <= set(files)
+    # It is not a denoiser: `difftrain sample` says what to do with it instead.
+    res = runner.invoke(app, ["sample", str(run), "--out", str(tmp_path / "gen")])
+    assert res.exit_code == 2 and "latent.autoencoder" in res.output
     grid = Image.open(run / "samples/step-0000008.png")
     assert grid.size[1] >= 256 and grid.size[0] > 3 * grid.size[1]  # originals, reconstructions
 
