@@ -31,3 +31,56 @@ def make_run(run_dir: Path, num_classes: int | None = None, seed: int = 0, **set
     state = {"step": 1, "data": {"num_classes": num_classes, "class_names": names}}
     write_checkpoint(run_dir / "checkpoints", 1, {"model": weights, "ema": weights}, state)
     return run_dir
+
+
+def make_text_latent_run(run_dir: Path, tokenizer: str = "byte", seed: int = 0, **sets) -> Path:
+    """A text-to-image latent run: tiny RGB AutoencoderKL (16 px → 4×8×8), cross-attention
+    U-Net and a scratch CLIP text encoder; BPE runs get a tokenizer trained on two captions."""
+    from diffusers import AutoencoderKL
+
+    from difftrain.models.text import BPETokenizer
+    from difftrain.pipeline.latent import sample_shape
+    from difftrain.pipeline.text import save_tokenizer
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=16,
+        scaling_factor=0.7,
+    )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    vae.save_pretrained(run_dir / "autoencoder", safe_serialization=True)
+    overrides = {
+        "train.run_dir": run_dir,
+        "data.resolution": 16,
+        "data.channels": 3,
+        "model.preset": "unet-cond-tiny",
+        "latent.autoencoder": run_dir / "autoencoder",
+        "text.encoder": "scratch",
+        "text.tokenizer": tokenizer,
+        "text.vocab_size": 300,
+        "text.width": 32,
+        "text.heads": 2,
+        "text.layers": 1,
+        "text.max_length": 8,
+        **sets,
+    }
+    cfg = load_config(TINY, [f"{k}={v}" for k, v in overrides.items()])
+    (run_dir / "config.yaml").write_text(dump_config(cfg))
+    if tokenizer == "bpe":
+        save_tokenizer(BPETokenizer.train(["red square", "blue disc"] * 4, 300, 8), run_dir)
+    den = build_denoiser(cfg, None, sample_shape(cfg, run_dir))
+    with torch.no_grad():
+        for p in den.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    weights = den.state_dict()
+    state = {"step": 1, "data": {"num_classes": None, "class_names": None}}
+    write_checkpoint(run_dir / "checkpoints", 1, {"model": weights, "ema": weights}, state)
+    return run_dir

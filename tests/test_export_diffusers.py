@@ -73,7 +73,9 @@ def test_diffusers_pipeline_reproduces_difftrain(
     ref = (ref / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
     assert images.shape == ref.shape == (n, 8, 8, 1)
     assert ref.std() > 0.05  # not a trivial (constant) image
-    assert np.abs(images - ref).max() <= tol
+    err = np.abs(images - ref).max()
+    print(f"diffusers parity {objective} k={k}: max |diffusers - difftrain| = {err:.1e}")
+    assert err <= tol
 
 
 def test_exported_unet_weights_are_the_runs(tmp_path):

@@ -61,7 +61,11 @@ def test_onnx_denoiser_and_sampler_match_pytorch(tmp_path, objective, k, sampler
     np.testing.assert_array_equal(sigmas, torch_karras(steps, 0.002, 80.0, 7.0).numpy())
     got = sample(den, noise, sigmas, sampler, None if labels is None else labels.numpy(), guidance)
     assert np.abs(ref).max() > 0.1
-    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-3)
+    err = np.abs(got - ref).max()
+    print(
+        f"onnx sampler {objective} {sampler}: max |onnx - difftrain| = {err:.1e}, D check {meta['check']['max_relative_error']:.1e}"
+    )
+    assert err <= 1e-3
 
 
 def test_onnx_sampler_runs_without_torch(tmp_path):

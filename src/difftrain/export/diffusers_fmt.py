@@ -36,6 +36,7 @@ from diffusers import (
 from difftrain.config import Config, ConfigError
 from difftrain.diffusion import vp_sigmas
 from difftrain.export.source import plain_denoiser
+from difftrain.models import UNetBackbone
 from difftrain.pipeline.build import vp_alphas_cumprod
 from difftrain.pipeline.run import LoadedRun
 from difftrain.samplers import karras_sigmas, uniform_sigmas
@@ -58,7 +59,7 @@ def make_scheduler(cfg: Config):
             prediction_type=PREDICTION_NAMES[d.prediction or "eps"],
             clip_sample=False,
             set_alpha_to_one=True,  # the last step lands on x0̂ (σ = 0), as difftrain's does
-            steps_offset=0,
+            steps_offset=1,  # only 'leading' spacing reads it; 1 avoids a diffusers warning
             timestep_spacing="trailing",
         )
     if d.objective == "edm":
@@ -98,7 +99,23 @@ def matching_sampler(cfg: Config) -> str:
 
 def check_exportable(run: LoadedRun) -> None:
     """Raise ConfigError for a model type no stock diffusers pipeline reproduces."""
+    from difftrain.export.diffusers_text import check_text_exportable, is_text_latent
+
     d = run.config.diffusion
+    if is_text_latent(run):
+        return check_text_exportable(run)
+    backbone = plain_denoiser(run).backbone
+    if getattr(run, "text", None) is not None or getattr(run, "autoencoder", None) is not None:
+        raise ConfigError(
+            "diffusers export covers pixel-space U-Nets (unconditional or class-conditional) and "
+            "text-to-image latent U-Nets (StableDiffusionPipeline); a pixel-space text model or a "
+            "latent model without text has no stock diffusers pipeline"
+        )
+    if not isinstance(backbone, UNetBackbone):
+        raise ConfigError(
+            f"model.preset = {run.config.model.preset!r}: only U-Net backbones export to diffusers "
+            "(DiTPipeline is latent-only and hard-codes 1000 classes); use --format onnx"
+        )
     if d.objective == "flow" and run.num_classes is not None:
         raise ConfigError(
             "class-conditional flow models cannot be exported to diffusers: the only stock "
@@ -106,7 +123,6 @@ def check_exportable(run: LoadedRun) -> None:
             "scale_model_input, which FlowMatchEulerDiscreteScheduler does not have; use "
             "--format onnx or --format safetensors"
         )
-    plain_denoiser(run)
 
 
 def export_unet(run: LoadedRun) -> UNet2DModel:
@@ -125,7 +141,11 @@ def export_unet(run: LoadedRun) -> UNet2DModel:
 
 def write_diffusers(run: LoadedRun, stage: Path) -> str:
     """Save the pipeline into `stage`; returns the pipeline class name."""
+    from difftrain.export.diffusers_text import is_text_latent, write_stable_diffusion
+
     check_exportable(run)
+    if is_text_latent(run):
+        return write_stable_diffusion(run, stage)
     unet, scheduler = export_unet(run), make_scheduler(run.config)
     objective, conditional = run.config.diffusion.objective, run.num_classes is not None
     if objective == "edm" or conditional:

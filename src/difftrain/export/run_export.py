@@ -7,7 +7,7 @@ from pathlib import Path
 
 from difftrain.config import ConfigError
 from difftrain.export.outdir import check_out_dir, staged, write_marker
-from difftrain.export.source import load_source, source_info
+from difftrain.export.source import load_source, refuse_latent_or_text, source_info
 
 FORMATS = ("diffusers", "safetensors", "onnx")
 
@@ -37,11 +37,13 @@ def export_run(
     elif fmt == "onnx":
         from difftrain.export.onnx_fmt import check_onnx_supported, write_onnx
 
+        refuse_latent_or_text(run, fmt)
         check_onnx_supported(run)
         write = write_onnx
     else:
         from difftrain.export.weights import write_safetensors
 
+        refuse_latent_or_text(run, fmt)
         write = write_safetensors
     with staged(out) as stage:
         detail = write(run, stage)

@@ -12,16 +12,26 @@ from difftrain.pipeline.run import LoadedRun, load_run
 
 
 def load_source(run_dir: Path, weights: str = "ema") -> LoadedRun:
-    """Load a run for export; latent runs are refused (their autoencoder is not exported yet)."""
+    """Load a run for export (the latest good checkpoint, EMA weights by default)."""
     if weights not in ("ema", "model"):
         raise ConfigError(f"--weights {weights!r}: allowed 'ema' or 'model'")
-    run = load_run(run_dir, weights=weights)
+    return load_run(run_dir, weights=weights)
+
+
+def refuse_latent_or_text(run: LoadedRun, fmt: str) -> None:
+    """safetensors/onnx hold the denoiser alone: refuse runs that also need an autoencoder or
+    a tokenizer to turn its output or input into images and prompts."""
     if getattr(run, "autoencoder", None) is not None:
         raise ConfigError(
-            f"{run_dir}: latent-diffusion runs cannot be exported yet (the autoencoder is not "
-            "written with the denoiser); export a pixel-space run"
+            f"--format {fmt}: latent-diffusion runs are not exported in this format yet (the "
+            "autoencoder is not packaged with the denoiser); use --format diffusers for a "
+            "text-to-image latent run"
         )
-    return run
+    if getattr(run, "text", None) is not None:
+        raise ConfigError(
+            f"--format {fmt}: text-conditioned runs are not exported in this format yet (the "
+            "tokenizer is not packaged with the denoiser)"
+        )
 
 
 def plain_denoiser(run: LoadedRun) -> Preconditioned:
