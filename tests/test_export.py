@@ -38,6 +38,16 @@ def test_safetensors_round_trip_gives_the_same_samples(tmp_path, k, objective):
     )
 
 
+def test_dit_exports_to_onnx_and_safetensors_but_not_diffusers(tmp_path):
+    run_dir = make_run(tmp_path / "run", 3, **{"model.preset": "dit-tiny"})
+    res = cli(run_dir, "--format", "diffusers", "--out", tmp_path / "d")
+    assert res.exit_code == 2 and "only U-Net backbones" in res.output
+    res = cli(run_dir, "--format", "onnx", "--out", tmp_path / "o")
+    assert res.exit_code == 0, res.output
+    assert "max relative error" in res.output
+    assert load_exported(export_run(run_dir, "safetensors", tmp_path / "s").out).num_classes == 3
+
+
 def test_safetensors_export_detects_a_modified_file(tmp_path):
     make_run(tmp_path / "run")
     export_run(tmp_path / "run", "safetensors", tmp_path / "st")

@@ -24,7 +24,15 @@ from difftrain.samplers import sample_generators
 from tests.export_helpers import make_run
 
 CASES = [  # (objective, extra config, classes, pipeline, scheduler, tolerance)
-    ("edm", {}, None, "ConsistencyModelPipeline", "EDMEulerScheduler", 1e-4),
+    # EDM2 learned weighting: the log-variance head is training-only and is left out.
+    (
+        "edm",
+        {"diffusion.weighting": "learned"},
+        None,
+        "ConsistencyModelPipeline",
+        "EDMEulerScheduler",
+        1e-4,
+    ),
     ("edm", {}, 3, "ConsistencyModelPipeline", "EDMEulerScheduler", 1e-4),
     ("vp", {}, None, "DDIMPipeline", "DDIMScheduler", 3e-3),
     (
@@ -36,6 +44,14 @@ CASES = [  # (objective, extra config, classes, pipeline, scheduler, tolerance)
         3e-3,
     ),
     ("iddpm", {}, None, "DDIMPipeline", "DDIMScheduler", 3e-3),
+    (
+        "vp",
+        {"diffusion.prediction": "v", "diffusion.zero_terminal_snr": "true"},
+        None,
+        "DDIMPipeline",
+        "DDIMScheduler",
+        3e-3,
+    ),
     ("flow", {}, None, "DDPMPipeline", "FlowMatchEulerDiscreteScheduler", 2e-3),
 ]
 

@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from difftrain.export.onnx_sampler import OnnxDenoiser, karras_sigmas, sample
 from difftrain.export.run_export import export_run
@@ -80,3 +81,17 @@ def test_onnx_sampler_runs_without_torch(tmp_path):
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
     images = np.load(tmp_path / "x.npz")["images"]
     assert images.shape == (2, 8, 8, 1) and images.dtype == np.uint8
+
+
+def test_a_failed_onnx_check_keeps_nothing(tmp_path, monkeypatch):
+    """Exit 1 with the measured error; no --out, no staging directory left behind."""
+    from difftrain.cli.main import app
+    from difftrain.export import onnx_fmt
+
+    make_run(tmp_path / "run")
+    monkeypatch.setattr(onnx_fmt, "CHECK_RTOL", -1.0)  # any error fails
+    res = CliRunner().invoke(
+        app, ["export", str(tmp_path / "run"), "--format", "onnx", "--out", str(tmp_path / "o")]
+    )
+    assert res.exit_code == 1 and "ONNX check failed" in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from difftrain.cli.common import console, handle_errors
+from difftrain.cli.common import EXIT_FAILURE, console, err_console, handle_errors
 
 
 @handle_errors
@@ -19,9 +19,16 @@ def export(
     weights: str = typer.Option("ema", "--weights", help="'ema' or 'model'."),
 ) -> None:
     """Export a trained run for diffusers, for difftrain alone (safetensors), or for ONNX."""
+    from difftrain.export.onnx_fmt import ExportCheckFailed
     from difftrain.export.run_export import export_run
 
-    result = export_run(run_dir, format, out, weights)
+    try:
+        result = export_run(run_dir, format, out, weights)
+    except ExportCheckFailed as err:
+        err_console.print(
+            f"[bold red]export failed:[/] {err}; nothing was written", highlight=False
+        )
+        raise typer.Exit(EXIT_FAILURE) from None
     console.print(
         f"exported {result.format} ({len(result.files)} files) to {result.out}; {result.detail}",
         highlight=False,

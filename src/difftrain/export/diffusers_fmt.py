@@ -8,6 +8,7 @@ is the preconditioning, which each objective maps onto a stock diffusers schedul
 | vp, iddpm | `DDIMPipeline` / `ConsistencyModelPipeline` | `DDIMScheduler` (the run's β, prediction type, trailing spacing) | `ddim`, `schedule=uniform` |
 | edm | `ConsistencyModelPipeline` (both) | `EDMEulerScheduler` (σ_data, Karras σ, `prediction_type="epsilon"` = EDM's c_out) | `euler`, `schedule=karras` |
 | flow | `DDPMPipeline` / refused | `FlowMatchEulerDiscreteScheduler` (t·1000 timesteps) | `euler` over t = 1 … 1/T |
+| text-to-image latent (vp, iddpm, edm) | `StableDiffusionPipeline` | as above | the same, decoded (see diffusers_text.py) |
 
 Why these pipelines: `DDPMPipeline`/`DDIMPipeline` never call `scale_model_input` nor scale the
 initial noise, so they cannot run EDM's c_in or σ_max-scaled noise; `ConsistencyModelPipeline`
@@ -15,7 +16,11 @@ is diffusers' one generic unconditional/class-conditional `UNet2DModel` loop tha
 (and passes `class_labels`). It calls `scale_model_input`, which `FlowMatchEulerDiscreteScheduler`
 lacks, so a class-conditional flow model has no stock pipeline and is refused. iddpm's learned
 variance channels are dropped (difftrain samples iddpm through D, which ignores them).
-Classifier-free guidance is not available in these pipelines (guidance = 1).
+Class-conditional pipelines have no classifier-free guidance (guidance = 1); StableDiffusionPipeline
+has it. DDIM's trailing steps equal difftrain's only when `steps` divides T: otherwise diffusers
+steps to t − T//steps, not to the next scheduled timestep. Refused (ConfigError, exit 2): DiT
+backbones (DiTPipeline is latent-only with 1000 classes hard-coded), latent models without text,
+pixel-space text models, class-conditional flow models.
 """
 
 from __future__ import annotations

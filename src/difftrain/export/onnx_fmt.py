@@ -39,6 +39,10 @@ def _sigma_to_t_onnx(self: VPPrecond, sigma: torch.Tensor) -> torch.Tensor:
     return (hi - 1).float() + w
 
 
+class ExportCheckFailed(RuntimeError):
+    """The exported file does not reproduce PyTorch within tolerance; nothing is kept."""
+
+
 class _Graph(nn.Module):
     """The exported signature: (x, sigma[, class_labels]) → x0."""
 
@@ -87,7 +91,7 @@ def check_onnx(path: Path, graph: nn.Module, run: LoadedRun, shape) -> dict:
         err = float((np.abs(got - ref) / np.maximum(1.0, np.abs(ref))).max())
         worst = max(worst, err)
     if not worst <= CHECK_RTOL:
-        raise RuntimeError(f"ONNX check failed: relative error {worst:.2e} > {CHECK_RTOL:.0e}")
+        raise ExportCheckFailed(f"ONNX check failed: relative error {worst:.2e} > {CHECK_RTOL:.0e}")
     return {"max_relative_error": worst, "tolerance": CHECK_RTOL, "batch_sizes": [1, 5]}
 
 
