@@ -90,6 +90,9 @@ def test_latent_run_trains_samples_and_resumes_exactly(tiny_args, tmp_path):
     assert {"fid_domain", "acc"} <= set(entry["metrics"])
     res = runner.invoke(app, ["evaluate", str(straight), "--metrics", "nll", "--num", "20"])
     assert res.exit_code == 2 and "latent" in res.output
+    # The report's denoising trajectory decodes each latent frame.
+    invoke("report", straight, "--trajectory", 2)
+    assert (straight / "report.html").stat().st_size > 0
 
 
 def test_latent_run_reuses_its_cache_and_refuses_another_autoencoder(tiny_args, tmp_path):

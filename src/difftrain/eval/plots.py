@@ -189,7 +189,8 @@ def trajectory_figure(run, num: int, seed: int = 0) -> str:
     from difftrain.samplers import SAMPLERS, CFGDenoiser, randn, sample_generators
 
     cfg, k = run.config, run.num_classes
-    shape = (cfg.data.channels, cfg.data.resolution, cfg.data.resolution)
+    shape = tuple(getattr(run, "sample_shape", ()) or ())  # latent runs: the latent shape
+    shape = shape or (cfg.data.channels, cfg.data.resolution, cfg.data.resolution)
     sigmas = build_sigmas(cfg, cfg.sample.steps)  # the configured sample.schedule
     gens = sample_generators(seed, range(num))
     x_t = randn((num, *shape), gens) * sigmas[0]  # the same noise `generate(seed=seed)` uses
@@ -208,7 +209,7 @@ def trajectory_figure(run, num: int, seed: int = 0) -> str:
     cols = len(frames)
     fig, axes = plt.subplots(num, cols, figsize=(0.75 * cols, 0.8 * num + 0.4), squeeze=False)
     for j, (sig, imgs) in enumerate(frames):
-        u8 = to_uint8(imgs).permute(0, 2, 3, 1).numpy()
+        u8 = to_uint8(run.to_images(imgs)).permute(0, 2, 3, 1).numpy()  # latents: decoded
         for i in range(num):
             ax = axes[i, j]
             ax.imshow(u8[i, ..., 0] if u8.shape[-1] == 1 else u8[i], cmap="gray", vmin=0, vmax=255)
