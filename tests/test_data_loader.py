@@ -88,7 +88,7 @@ def test_ranks_split_each_micro_batch():
 
 def test_decode_failure_during_training_is_replaced_and_recorded(tmp_path):
     root = make_class_folder(tmp_path / "f", per_class=4)
-    cfg = data_cfg(root, "data.val_fraction=0")
+    cfg = data_cfg(root, "data.val_fraction=0", "data.max_bad_fraction=0.1")  # 1 of 12 allowed
     loader, _ = open_loader(cfg, seed=0, batch_size=6, workers=0)
     victim = root / "red" / "red_1.jpg"
     victim.write_bytes(victim.read_bytes()[:100])  # truncated after the start-up check

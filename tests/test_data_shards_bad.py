@@ -152,5 +152,6 @@ def test_oversized_member_is_counted_and_never_read_whole(tmp_path):
 def test_max_member_bytes_is_validated():
     from difftrain.config import ConfigError
 
+    assert load_config(None, []).data.max_member_bytes == 64 * 2**20  # the README default
     with pytest.raises(ConfigError, match="max_member_bytes"):
         load_config(None, ["data.max_member_bytes=0"])
