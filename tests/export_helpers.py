@@ -26,14 +26,25 @@ def make_run(run_dir: Path, num_classes: int | None = None, seed: int = 0, **set
     with torch.no_grad():  # diffusers zero-inits nothing here, but make outputs clearly non-trivial
         for p in den.parameters():
             p.add_(0.02 * torch.randn_like(p))
-    weights = den.state_dict()
+    model = den.state_dict()
+    ema = {
+        k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v for k, v in model.items()
+    }
     names = [f"class {i}" for i in range(num_classes)] if num_classes else None
     state = {"step": 1, "data": {"num_classes": num_classes, "class_names": names}}
-    write_checkpoint(run_dir / "checkpoints", 1, {"model": weights, "ema": weights}, state)
+    write_checkpoint(run_dir / "checkpoints", 1, {"model": model, "ema": ema}, state)
     return run_dir
 
 
-def make_text_latent_run(run_dir: Path, tokenizer: str = "byte", seed: int = 0, **sets) -> Path:
+def make_text_latent_run(
+    run_dir: Path,
+    tokenizer: str = "byte",
+    seed: int = 0,
+    text: bool = True,
+    latent: bool = True,
+    shift_factor: float | None = None,
+    **sets,
+) -> Path:
     """A text-to-image latent run: tiny RGB AutoencoderKL (16 px → 4×8×8), cross-attention
     U-Net and a scratch CLIP text encoder; BPE runs get a tokenizer trained on two captions."""
     from diffusers import AutoencoderKL
@@ -54,6 +65,7 @@ def make_text_latent_run(run_dir: Path, tokenizer: str = "byte", seed: int = 0, 
         norm_num_groups=8,
         sample_size=16,
         scaling_factor=0.7,
+        shift_factor=shift_factor,
     )
     run_dir.mkdir(parents=True, exist_ok=True)
     vae.save_pretrained(run_dir / "autoencoder", safe_serialization=True)
@@ -72,9 +84,14 @@ def make_text_latent_run(run_dir: Path, tokenizer: str = "byte", seed: int = 0, 
         "text.max_length": 8,
         **sets,
     }
+    if not latent:
+        del overrides["latent.autoencoder"]
+    if not text:
+        overrides = {k: v for k, v in overrides.items() if not k.startswith("text.")}
+        overrides["model.preset"] = "unet-tiny"
     cfg = load_config(TINY, [f"{k}={v}" for k, v in overrides.items()])
     (run_dir / "config.yaml").write_text(dump_config(cfg))
-    if tokenizer == "bpe":
+    if text and tokenizer == "bpe":
         save_tokenizer(BPETokenizer.train(["red square", "blue disc"] * 4, 300, 8), run_dir)
     den = build_denoiser(cfg, None, sample_shape(cfg, run_dir))
     with torch.no_grad():

@@ -48,6 +48,22 @@ def test_dit_exports_to_onnx_and_safetensors_but_not_diffusers(tmp_path):
     assert load_exported(export_run(run_dir, "safetensors", tmp_path / "s").out).num_classes == 3
 
 
+def test_weights_option_picks_the_raw_or_the_ema_weights(tmp_path):
+    run_dir = make_run(tmp_path / "run")
+    for weights in ("model", "ema"):
+        out = tmp_path / weights
+        assert (
+            cli(run_dir, "--format", "safetensors", "--weights", weights, "--out", out).exit_code
+            == 0
+        )
+        got = load_exported(out).denoiser.state_dict()
+        ref = load_run(run_dir, weights=weights).denoiser.state_dict()
+        assert all(torch.equal(got[k], ref[k]) for k in ref)
+        assert json.loads((out / MARKER).read_text())["source"]["weights"] == weights
+    a, b = (load_exported(tmp_path / w).denoiser.state_dict() for w in ("model", "ema"))
+    assert not torch.equal(a["backbone.unet.conv_in.weight"], b["backbone.unet.conv_in.weight"])
+
+
 def test_safetensors_export_detects_a_modified_file(tmp_path):
     make_run(tmp_path / "run")
     export_run(tmp_path / "run", "safetensors", tmp_path / "st")

@@ -14,6 +14,7 @@ import pytest
 import torch
 from diffusers import DiffusionPipeline
 
+from difftrain.config import ConfigError
 from difftrain.export.diffusers_fmt import matching_sampler, matching_sigmas
 from difftrain.export.run_export import export_run
 from difftrain.pipeline.generate import generate
@@ -81,3 +82,18 @@ def test_text_and_latent_runs_are_refused_where_unsupported(tmp_path):
         with pytest.raises(Exception, match="latent-diffusion runs are not exported"):
             export_run(run_dir, fmt, tmp_path / "b")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize(
+    "kw,reason",
+    [
+        ({"shift_factor": 0.1}, "shift_factor"),
+        ({"text": False}, "latent model without text"),
+        ({"latent": False}, "pixel-space text model"),
+    ],
+)
+def test_runs_without_a_stock_pipeline_are_refused(tmp_path, kw, reason):
+    run_dir = make_text_latent_run(tmp_path / "run", **kw)
+    with pytest.raises(ConfigError, match=reason):
+        export_run(run_dir, "diffusers", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
