@@ -8,6 +8,7 @@ from √(σ_max²+1)·ε, difftrain from σ_max·ε; VP: DDIM's trailing steps, 
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -17,6 +18,8 @@ from diffusers import DiffusionPipeline
 from difftrain.config import ConfigError
 from difftrain.export.diffusers_fmt import matching_sampler, matching_sigmas
 from difftrain.export.run_export import export_run
+from difftrain.export.weights import load_exported
+from difftrain.pipeline.checkpoint import sha256
 from difftrain.pipeline.generate import generate
 from difftrain.pipeline.run import load_run
 from difftrain.samplers import randn, sample_generators
@@ -78,9 +81,8 @@ def test_text_and_latent_runs_are_refused_where_unsupported(tmp_path):
     run_dir = make_text_latent_run(tmp_path / "run", "byte", **{"diffusion.objective": "flow"})
     with pytest.raises(Exception, match="FlowMatchEulerDiscreteScheduler"):
         export_run(run_dir, "diffusers", tmp_path / "a")
-    for fmt in ("onnx", "safetensors"):
-        with pytest.raises(Exception, match="latent-diffusion runs are not exported"):
-            export_run(run_dir, fmt, tmp_path / "b")
+    with pytest.raises(ConfigError, match="latent-diffusion runs are not exported"):
+        export_run(run_dir, "onnx", tmp_path / "b")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
@@ -97,3 +99,43 @@ def test_runs_without_a_stock_pipeline_are_refused(tmp_path, kw, reason):
     with pytest.raises(ConfigError, match=reason):
         export_run(run_dir, "diffusers", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("tokenizer", ["bpe", "byte"])
+def test_safetensors_export_of_a_text_latent_run_samples_like_the_run(tmp_path, tokenizer):
+    """Autoencoder and tokenizer travel with the weights; the run directory is not needed."""
+    run_dir = make_text_latent_run(tmp_path / "run", tokenizer)
+    export_run(run_dir, "safetensors", tmp_path / "st")
+    ref = load_run(run_dir)
+    shutil.rmtree(run_dir)
+    got = load_exported(tmp_path / "st")
+    assert got.sample_shape == ref.sample_shape and got.latents.scale == ref.latents.scale
+    assert torch.equal(got.text.ids(PROMPTS), ref.text.ids(PROMPTS))
+    outs = []
+    for run in (ref, got):
+        x = generate(
+            run.denoiser,
+            num=2,
+            shape=run.sample_shape,
+            seed=1,
+            labels=run.text.ids(PROMPTS[:2]),
+            null_class=run.text.null(),
+            guidance=2.0,
+            steps=3,
+        )
+        outs.append(run.to_images(x))
+    assert outs[0].shape == (2, 3, 16, 16)
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+
+
+def test_safetensors_export_never_follows_a_path_in_its_config(tmp_path):
+    run_dir = make_text_latent_run(tmp_path / "run", "byte")
+    export_run(run_dir, "safetensors", tmp_path / "st")
+    meta = json.loads((tmp_path / "st/model.json").read_text())
+    meta["config"]["latent"]["autoencoder"] = str(run_dir / "autoencoder")
+    (tmp_path / "st/model.json").write_text(json.dumps(meta))
+    info = json.loads((tmp_path / "st/export.json").read_text())
+    info["files"]["model.json"] = sha256(tmp_path / "st/model.json")  # a consistent forgery
+    (tmp_path / "st/export.json").write_text(json.dumps(info))
+    with pytest.raises(ConfigError, match="malformed export config"):
+        load_exported(tmp_path / "st")

@@ -41,9 +41,9 @@ def export_run(
         check_onnx_supported(run)
         write = write_onnx
     else:
-        from difftrain.export.weights import write_safetensors
+        from difftrain.export.weights import check_safetensors_exportable, write_safetensors
 
-        refuse_latent_or_text(run, fmt)
+        check_safetensors_exportable(run)
         write = write_safetensors
     with staged(out) as stage:
         detail = write(run, stage)

@@ -19,13 +19,13 @@ def load_source(run_dir: Path, weights: str = "ema") -> LoadedRun:
 
 
 def refuse_latent_or_text(run: LoadedRun, fmt: str) -> None:
-    """safetensors/onnx hold the denoiser alone: refuse runs that also need an autoencoder or
-    a tokenizer to turn its output or input into images and prompts."""
+    """ONNX holds the denoiser alone: refuse runs that also need an autoencoder or a tokenizer
+    to turn its output or input into images and prompts."""
     if getattr(run, "autoencoder", None) is not None:
         raise ConfigError(
             f"--format {fmt}: latent-diffusion runs are not exported in this format yet (the "
-            "autoencoder is not packaged with the denoiser); use --format diffusers for a "
-            "text-to-image latent run"
+            "autoencoder is not packaged with the denoiser); use --format safetensors, or "
+            "--format diffusers for a text-to-image latent run"
         )
     if getattr(run, "text", None) is not None:
         raise ConfigError(
