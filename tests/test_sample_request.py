@@ -80,6 +80,8 @@ def test_merged_requests_equal_each_alone(run):
         (GenerationRequest(num=0), "num = 0"),
         (GenerationRequest(steps=20_000), "steps = 20000: allowed 1..10000"),
         (GenerationRequest(sampler="nope"), "unknown (allowed: euler"),
+        (GenerationRequest(sampler=""), "sampler '': unknown"),
+        (GenerationRequest(schedule=""), "sample.schedule = ''"),
         (GenerationRequest(size=64), "8x8 images only"),
         (GenerationRequest(schedule="training"), "needs diffusion.objective"),
         (GenerationRequest(eta=0.5, sampler="heun"), "only used by the 'ddim'"),

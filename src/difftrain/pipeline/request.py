@@ -148,18 +148,20 @@ def plan_request(run: LoadedRun, req: GenerationRequest, limits: Limits = Limits
     _check_range("strength", req.strength, 0.0, 1.0)
     _check_range("eta", req.eta, 0.0, 1.0)
     _check_range("s_churn", req.s_churn, 0.0, 1000.0)
-    sampler = req.sampler or cfg.sample.sampler
+    sampler = cfg.sample.sampler if req.sampler is None else req.sampler
     if sampler not in SAMPLERS:
         raise ConfigError(f"sampler {sampler!r}: unknown (allowed: {', '.join(SAMPLERS)})")
-    steps = req.steps or cfg.sample.steps
-    schedule = req.schedule or cfg.sample.schedule
+    steps = cfg.sample.steps if req.steps is None else req.steps
+    schedule = cfg.sample.schedule if req.schedule is None else req.schedule
     eta = req.eta if req.eta is not None else (cfg.sample.eta if sampler == "ddim" else None)
     s_churn = req.s_churn
     if s_churn is None and sampler == "edm-stochastic":
         s_churn = cfg.sample.s_churn
     options = sampler_options(sampler, eta, s_churn)
     sigmas = build_sigmas(cfg, steps, schedule)  # ConfigError for a schedule the model lacks
-    interval = req.guidance_interval or cfg.sample.guidance_interval
+    interval = req.guidance_interval
+    if interval is None:
+        interval = cfg.sample.guidance_interval
     if interval is not None:
         interval = (float(interval[0]), float(interval[1]))
         if not 0 <= interval[0] < interval[1]:

@@ -157,7 +157,7 @@ def create_app(holder: ModelHolder, settings: ServeSettings | None = None) -> Fa
                     "channels": cfg.data.channels,
                     "num_classes": run.num_classes,
                     "class_names": run.class_names,
-                    "text_conditioned": callable(getattr(run, "encode_prompts", None)),
+                    "text_conditioned": getattr(run, "text", None) is not None,
                     "latent": getattr(run, "autoencoder", None) is not None,
                     "samplers": list(SAMPLERS),
                     "defaults": {
