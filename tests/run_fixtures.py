@@ -21,7 +21,12 @@ CLASSES = [f"digit {i}" for i in range(10)]
 
 
 def make_run(
-    run_dir: Path, num_classes: int | None = 10, step: int = 1, init_seed: int = 0, **sets
+    run_dir: Path,
+    num_classes: int | None = 10,
+    step: int = 1,
+    init_seed: int = 0,
+    class_names: list[str] | None = None,
+    **sets,
 ) -> Path:
     """Write config.yaml and one checkpoint (model = ema) at `step`; mark it best."""
     overrides = [f"train.run_dir={run_dir}", "sample.steps=4"]
@@ -29,11 +34,18 @@ def make_run(
     cfg = load_config(TINY, overrides)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_config(cfg))
-    add_checkpoint(run_dir, step, num_classes, init_seed, cfg=cfg)
+    add_checkpoint(run_dir, step, num_classes, init_seed, cfg=cfg, class_names=class_names)
     return run_dir
 
 
-def add_checkpoint(run_dir: Path, step: int, num_classes: int | None, init_seed: int, cfg=None):
+def add_checkpoint(
+    run_dir: Path,
+    step: int,
+    num_classes: int | None,
+    init_seed: int,
+    cfg=None,
+    class_names: list[str] | None = None,
+):
     """Another checkpoint with other random weights, recorded as the best one."""
     cfg = cfg or load_config(run_dir / "config.yaml")
     torch.manual_seed(init_seed)
@@ -43,7 +55,7 @@ def add_checkpoint(run_dir: Path, step: int, num_classes: int | None, init_seed:
         "step": step,
         "data": {
             "num_classes": num_classes,
-            "class_names": CLASSES[:num_classes] if num_classes else None,
+            "class_names": class_names or (CLASSES[:num_classes] if num_classes else None),
         },
     }
     root = run_dir / "checkpoints"

@@ -5,6 +5,7 @@
 const $ = (id) => document.getElementById(id);
 const B64 = /^[A-Za-z0-9+/]+={0,2}$/;
 let model = null;
+const touched = new Set();
 
 function token() {
   return sessionStorage.getItem("difftrain-token") || "";
@@ -49,12 +50,14 @@ async function loadModel() {
   model = (await res.json()).models[0];
   $("model").textContent = "model: " + model.id + " · " + model.resolution + "×" + model.resolution;
   const sampler = $("sampler");
+  const chosen = sampler.value;
   sampler.replaceChildren();
   for (const name of model.samplers) option(sampler, name, name);
-  sampler.value = model.defaults.sampler;
-  $("steps").value = model.defaults.steps;
+  // The model's defaults fill only the fields the user has not changed yet.
+  sampler.value = touched.has("sampler") && chosen ? chosen : model.defaults.sampler;
+  if (!touched.has("steps")) $("steps").value = model.defaults.steps;
+  if (!touched.has("guidance")) $("guidance").value = model.defaults.guidance;
   $("steps").max = model.limits.max_steps;
-  $("guidance").value = model.defaults.guidance;
   $("num").max = model.limits.max_num;
   if (model.num_classes) {
     const select = $("class");
@@ -120,13 +123,15 @@ async function generate(event) {
     }
     const wall = ((performance.now() - t0) / 1000).toFixed(2);
     const result = $("result");
+    const newest = document.createDocumentFragment();
     result.replaceChildren();
     data.images.forEach((b64, k) => {
       const label = data.labels ? " · class " + data.labels[k] : "";
       const caption = "seed " + data.seeds[k] + " #" + data.indices[k] + label;
       result.appendChild(figure(b64, caption));
-      $("gallery").prepend(figure(b64, caption + " · " + data.seconds + " s"));
+      newest.appendChild(figure(b64, caption + " · " + data.seconds + " s"));
     });
+    $("gallery").prepend(newest); // newest request first, its images in order
     status(data.images.length + " image(s) in " + data.seconds + " s on the server (" + wall +
       " s here) · " + data.model);
   } catch (err) {
@@ -138,6 +143,9 @@ async function generate(event) {
 
 window.addEventListener("DOMContentLoaded", () => {
   $("form").addEventListener("submit", generate);
+  for (const id of ["sampler", "steps", "guidance"]) {
+    $(id).addEventListener("input", () => touched.add(id));
+  }
   $("random-seed").addEventListener("click", () => {
     $("seed").value = Math.floor(Math.random() * 2147483647);
   });
