@@ -20,7 +20,7 @@ from difftrain.pipeline.generate import generate
 from difftrain.pipeline.run import load_run
 from difftrain.samplers import karras_sigmas as torch_karras
 from difftrain.samplers import randn, sample_generators
-from tests.export_helpers import make_run
+from tests.export_helpers import make_run, make_text_latent_run
 
 
 @pytest.mark.parametrize(
@@ -69,18 +69,29 @@ def test_onnx_denoiser_and_sampler_match_pytorch(tmp_path, objective, k, sampler
     assert err <= 1e-3
 
 
-def test_onnx_sampler_runs_without_torch(tmp_path):
-    make_run(tmp_path / "run", 3)
+@pytest.mark.parametrize(
+    "kind,args,shape",
+    [
+        ("class", ["--class-label", "1"], (2, 8, 8, 1)),
+        ("text-latent", ["--prompt", "red square", "--negative-prompt", "blue"], (2, 16, 16, 3)),
+    ],
+)
+def test_onnx_sampler_runs_without_torch(tmp_path, kind, args, shape):
+    if kind == "class":
+        make_run(tmp_path / "run", 3)
+    else:
+        make_text_latent_run(tmp_path / "run", "byte")
     export_run(tmp_path / "run", "onnx", tmp_path / "onnx")
+    argv = [str(tmp_path / "onnx"), "--num", "2", "--steps", "3", "--guidance", "1.5", *args]
+    argv += ["--out", str(tmp_path / "x.npz")]
     code = (
         "import sys; sys.modules['torch'] = None\n"  # any torch import now fails
         "from difftrain.export.onnx_sampler import main\n"
-        f"main([{str(tmp_path / 'onnx')!r}, '--num', '2', '--steps', '3', '--class-label', '1',"
-        f" '--guidance', '1.5', '--out', {str(tmp_path / 'x.npz')!r}])\n"
+        f"main({argv!r})\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
     images = np.load(tmp_path / "x.npz")["images"]
-    assert images.shape == (2, 8, 8, 1) and images.dtype == np.uint8
+    assert images.shape == shape and images.dtype == np.uint8
 
 
 def test_a_failed_onnx_check_keeps_nothing(tmp_path, monkeypatch):
@@ -95,3 +106,36 @@ def test_a_failed_onnx_check_keeps_nothing(tmp_path, monkeypatch):
     )
     assert res.exit_code == 1 and "ONNX check failed" in res.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_onnx_text_latent_export_matches_difftrain_with_prompts_and_guidance(tmp_path):
+    """Text encoder inside the graph, decoder.onnx for the latents, tokenizer.json for prompts."""
+    run_dir = make_text_latent_run(tmp_path / "run", "bpe")
+    export_run(run_dir, "onnx", tmp_path / "onnx")
+    meta = json.loads((tmp_path / "onnx/onnx_model.json").read_text())
+    assert meta["cond_input"] == "input_ids" and meta["decoder"] == "decoder.onnx"
+    assert meta["check"]["decoder_max_relative_error"] <= 1e-4
+    run, den = load_run(run_dir), OnnxDenoiser(tmp_path / "onnx")
+    prompts = ["red square", "", "a much longer prompt that gets truncated"]
+    np.testing.assert_array_equal(den.encode(prompts), run.text.ids(prompts).numpy())
+    num, steps, shape = 2, 4, tuple(run.sample_shape)
+    ids = run.text.ids(["red square", "blue disc"])
+    neg = run.text.ids(["blue"])
+    x = generate(
+        run.denoiser,
+        num=num,
+        shape=shape,
+        seed=2,
+        labels=ids,
+        null_class=neg,
+        sampler="heun",
+        guidance=2.0,
+        sigmas=torch_karras(steps, meta["sigma_min"], meta["sigma_max"], meta["rho"]),
+    )
+    ref = run.to_images(x).numpy()
+    noise = randn((num, *shape), sample_generators(2, range(num))).numpy()
+    sigmas = karras_sigmas(steps, meta["sigma_min"], meta["sigma_max"], meta["rho"])
+    got = den.to_images(sample(den, noise, sigmas, "heun", ids.numpy(), 2.0, den.null("blue")))
+    err = np.abs(got - ref).max()
+    print(f"onnx sampler text latent heun: max |onnx - difftrain| = {err:.1e} (pixels in [-1, 1])")
+    assert got.shape == (num, 3, 16, 16) and err <= 1e-3

@@ -18,15 +18,8 @@ from diffusers import AutoencoderKL, StableDiffusionPipeline
 from difftrain.config import ConfigError
 from difftrain.export.diffusers_fmt import make_scheduler
 from difftrain.export.source import plain_denoiser
-from difftrain.models.text import (
-    BOS_ID,
-    EOS_ID,
-    PAD_ID,
-    SPECIAL_TOKENS,
-    BPETokenizer,
-    ByteTokenizer,
-    PretrainedTokenizer,
-)
+from difftrain.export.tokenizer import framed_tokenizer
+from difftrain.models.text import SPECIAL_TOKENS, PretrainedTokenizer
 from difftrain.pipeline.run import LoadedRun
 
 
@@ -55,53 +48,17 @@ def check_text_exportable(run: LoadedRun) -> None:
         )
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte → printable character table, the alphabet of the ByteLevel pre-tokenizer."""
-    keep = [*range(33, 127), *range(161, 173), *range(174, 256)]
-    chars, n = {b: chr(b) for b in keep}, 0
-    for b in range(256):
-        if b not in chars:
-            chars[b] = chr(256 + n)
-            n += 1
-    return chars
-
-
-def _byte_tokenizer(tok: ByteTokenizer):
-    """ByteTokenizer as a `tokenizers` model: each UTF-8 byte b is the token b + 3."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
-
-    vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
-    vocab.update({c: b + len(SPECIAL_TOKENS) for b, c in _bytes_to_unicode().items()})
-    out = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    if tok.lowercase:
-        out.normalizer = normalizers.Lowercase()
-    out.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    out.decoder = decoders.ByteLevel()
-    return out
-
-
 def hf_tokenizer(run: LoadedRun):
     """A transformers tokenizer giving the run's token ids at `model_max_length`."""
-    from tokenizers import Tokenizer, processors
     from transformers import PreTrainedTokenizerFast
 
     tok = run.text.tokenizer
     if isinstance(tok, PretrainedTokenizer):
         tok.tokenizer.model_max_length = tok.max_length
         return tok.tokenizer
-    if isinstance(tok, BPETokenizer):
-        inner = Tokenizer.from_str(tok.tokenizer.to_str())  # a copy: the run's stays unchanged
-    elif isinstance(tok, ByteTokenizer):
-        inner = _byte_tokenizer(tok)
-    else:
-        raise ConfigError(f"{type(tok).__name__}: no transformers equivalent; cannot export")
     pad, bos, eos = SPECIAL_TOKENS
-    inner.post_processor = processors.TemplateProcessing(
-        single=f"{bos} $A {eos}", special_tokens=[(bos, BOS_ID), (eos, EOS_ID)]
-    )
-    assert inner.token_to_id(pad) == PAD_ID
     return PreTrainedTokenizerFast(
-        tokenizer_object=inner,
+        tokenizer_object=framed_tokenizer(tok),
         bos_token=bos,
         eos_token=eos,
         pad_token=pad,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from difftrain.config import ConfigError
 from difftrain.export.outdir import check_out_dir, staged, write_marker
-from difftrain.export.source import load_source, refuse_latent_or_text, source_info
+from difftrain.export.source import load_source, source_info
 
 FORMATS = ("diffusers", "safetensors", "onnx")
 
@@ -37,7 +37,6 @@ def export_run(
     elif fmt == "onnx":
         from difftrain.export.onnx_fmt import check_onnx_supported, write_onnx
 
-        refuse_latent_or_text(run, fmt)
         check_onnx_supported(run)
         write = write_onnx
     else:

@@ -18,22 +18,6 @@ def load_source(run_dir: Path, weights: str = "ema") -> LoadedRun:
     return load_run(run_dir, weights=weights)
 
 
-def refuse_latent_or_text(run: LoadedRun, fmt: str) -> None:
-    """ONNX holds the denoiser alone: refuse runs that also need an autoencoder or a tokenizer
-    to turn its output or input into images and prompts."""
-    if getattr(run, "autoencoder", None) is not None:
-        raise ConfigError(
-            f"--format {fmt}: latent-diffusion runs are not exported in this format yet (the "
-            "autoencoder is not packaged with the denoiser); use --format safetensors, or "
-            "--format diffusers for a text-to-image latent run"
-        )
-    if getattr(run, "text", None) is not None:
-        raise ConfigError(
-            f"--format {fmt}: text-conditioned runs are not exported in this format yet (the "
-            "tokenizer is not packaged with the denoiser)"
-        )
-
-
 def plain_denoiser(run: LoadedRun) -> Preconditioned:
     """D(x, σ, cond) without EDM2's log-variance head (a training-only output)."""
     den: nn.Module = run.denoiser
