@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_PIN := torch==2.13.0
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: install install-dev system-deps system-deps-test demo test lint bench clean
+.PHONY: install install-dev system-deps system-deps-test demo demo-t2i test lint bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -43,6 +43,20 @@ demo: install system-deps
 	$(BIN)/difftrain sample runs/demo --num 100 --seed 0 --out runs/demo/generated
 	cp runs/demo/generated/grid.png runs/demo/samples.png
 	@echo "Demo samples (one row per class, T-shirt/top at the top to Ankle boot at the bottom): runs/demo/samples.png"
+
+# Text-to-image on the Google emoji set: data (npm pack, cached in data-cache/, never in git) →
+# autoencoder → text-conditioned latent model → a grid with one row per prompt.
+data-cache/emoji/metadata.jsonl:
+	$(BIN)/python scripts/prepare_emoji.py --out data-cache/emoji --cache data-cache/npm
+
+demo-t2i: install data-cache/emoji/metadata.jsonl
+	rm -rf runs/emoji-vae runs/emoji-t2i
+	$(BIN)/difftrain train configs/emoji-vae.yaml --set train.run_dir=runs/emoji-vae
+	$(BIN)/difftrain train configs/emoji-t2i.yaml --set latent.autoencoder=runs/emoji-vae
+	$(BIN)/difftrain sample runs/emoji-t2i --num 8 --guidance 3 --seed 0 \
+		--prompt-file configs/emoji-prompts.txt --out runs/emoji-t2i/generated
+	cp runs/emoji-t2i/generated/grid.png runs/emoji-t2i/samples.png
+	@echo "Text-to-image samples, one row per prompt of configs/emoji-prompts.txt: runs/emoji-t2i/samples.png"
 
 # Chromium renders report.html in a test (skipped without it). As root we install it; otherwise we say how.
 system-deps-test:
