@@ -35,7 +35,7 @@ def tiny_vae(channels: int = 3, res: int = 16) -> AutoencoderKL:
     return build_autoencoder(resolve_ae_preset("vae-tiny"), channels, res)
 
 
-@pytest.mark.parametrize("name", ["vae-tiny", "vae-small", "vae-base"])
+@pytest.mark.parametrize("name", ["vae-mini", "vae-tiny", "vae-small", "vae-base"])
 def test_presets_downsample_as_declared(name):
     p = AE_PRESETS[name]
     assert p.latent_channels == 4 and p.downsample_factor in (4, 8)

@@ -38,6 +38,8 @@ class AEPreset:
 
 
 AE_PRESETS: dict[str, AEPreset] = {
+    # ×4, narrow enough to train on a 2-core CPU in minutes (the emoji demo's first stage).
+    "vae-mini": AEPreset((16, 32, 64), 1, norm_num_groups=8),
     # ×4, seconds-long tests and 16-64 px CPU runs.
     "vae-tiny": AEPreset((32, 64, 64), 1, norm_num_groups=32),
     # ×4, the 64×64 emoji demo (64×64×3 → 16×16×4, the LDM "f=4" setting).
