@@ -137,3 +137,16 @@ def test_safetensors_export_never_follows_a_path_in_its_config(tmp_path):
     (tmp_path / "st/export.json").write_text(json.dumps(info))
     with pytest.raises(ConfigError, match="malformed export config"):
         load_exported(tmp_path / "st")
+
+
+def test_pretrained_text_encoders_are_refused_for_safetensors_and_onnx(tmp_path):
+    """text.encoder = 'path' reads its encoder and tokenizer from outside the run."""
+    from difftrain.export.onnx_fmt import check_onnx_supported
+    from difftrain.export.weights import check_safetensors_exportable
+
+    run = load_run(make_text_latent_run(tmp_path / "run", "byte"))
+    text = run.config.text.model_copy(update={"encoder": "path", "path": tmp_path / "clip"})
+    run.config = run.config.model_copy(update={"text": text})
+    for check in (check_onnx_supported, check_safetensors_exportable):
+        with pytest.raises(ConfigError, match="text.encoder = 'path'"):
+            check(run)
