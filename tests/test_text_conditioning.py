@@ -204,3 +204,14 @@ def test_pretrained_text_encoder_from_a_local_directory_is_frozen(tmp_path):
     empty = cfg.model_copy(update={"text": cfg.text.model_copy(update={"path": tmp_path / "x"})})
     with pytest.raises(ConfigError, match="no config.json"):
         TextConditioning.open(empty)
+
+
+def test_the_emoji_demo_config_is_valid_and_matches_its_prompt_list():
+    from pathlib import Path
+
+    from difftrain.config import load_config
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    cfg = load_config(root / "emoji-t2i.yaml")
+    assert cfg.text.encoder == "scratch" and cfg.model.preset == "unet-cond-small"
+    assert cfg.sample.prompts == (root / "emoji-prompts.txt").read_text().split("\n")[:-1]

@@ -64,6 +64,21 @@ logging: {{tensorboard: false, progress: false}}
     return run
 
 
+def test_a_text_run_resumes_exactly(text_run, tmp_path):
+    from safetensors.torch import load_file
+
+    cfg = text_run / "config.yaml"
+    split = tmp_path / "split"
+    invoke("train", cfg, "--set", f"train.run_dir={split}", "--set", "train.max_steps=2",
+           "--set", "train.checkpoint_every=2")  # fmt: skip
+    invoke("train", cfg, "--set", f"train.run_dir={split}", "--set", "train.checkpoint_every=2",
+           "--resume")  # fmt: skip
+    a = load_file(text_run / "checkpoints/step-0000003/model.safetensors")
+    b = load_file(split / "checkpoints/step-0000003/model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # text encoder and U-Net, bit for bit
+
+
 def test_training_writes_the_tokenizer_and_prompt_grids(text_run):
     assert (text_run / "text" / "tokenizer.json").is_file()
     grid = text_run / "samples" / "step-0000003.png"
@@ -97,7 +112,8 @@ def test_sample_with_prompts_and_a_negative_prompt(text_run, tmp_path):
            "--negative-prompt", "blue", "--out", out2)  # fmt: skip
     for i in range(4):
         assert np.array_equal(
-            np.asarray(Image.open(out / f"{i:06d}.png")), np.asarray(Image.open(out2 / f"{i:06d}.png"))
+            np.asarray(Image.open(out / f"{i:06d}.png")),
+            np.asarray(Image.open(out2 / f"{i:06d}.png")),
         )
 
 
