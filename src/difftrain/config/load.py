@@ -16,6 +16,60 @@ class ConfigError(ValueError):
     """Bad configuration input; the message names the key, the value and what is allowed."""
 
 
+# A config holds a few hundred values. YAML aliases can make a 339-byte file expand to
+# millions (the "billion laughs"); whatever reads the result (validation, messages, dumps)
+# would then see all of them. Refuse documents whose aliases expand past this many values.
+MAX_YAML_VALUES = 100_000
+MAX_CONFIG_BYTES = 1_000_000  # a config file is a few KB
+MAX_VALUE_REPR = 200  # characters of a bad value shown in a message
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """Values in `node` with every alias expanded (shared subtrees counted at each use)."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    memo[key] = 1  # a recursive alias (a node inside itself) counts once
+    if isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(n, memo) for n in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    else:
+        size = 1
+    memo[key] = size
+    return size
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """yaml.safe_load with alias expansion bounded; a bomb raises ConfigError naming `source`.
+
+    yaml.YAMLError (a syntax error) passes through for the caller to word.
+    """
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, {}) > MAX_YAML_VALUES:
+            raise ConfigError(
+                f"{source}: YAML aliases expand to more than {MAX_YAML_VALUES:,} values "
+                "(nested '&anchor'/'*alias' references); write the values out instead"
+            )
+        return loader.construct_document(node)
+    except RecursionError:
+        raise ConfigError(f"{source}: YAML nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+def _short_repr(value: Any) -> str:
+    """repr(value) cut to MAX_VALUE_REPR characters (a bad value may be huge)."""
+    text = repr(value)
+    if len(text) <= MAX_VALUE_REPR:
+        return text
+    return f"{text[:MAX_VALUE_REPR]}... ({len(text):,} characters)"
+
+
 def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
     """Field names allowed at a location such as ('optim',)."""
     for part in loc:
@@ -46,7 +100,7 @@ def format_validation_error(err: ValidationError, data: dict) -> str:
         if isinstance(value, dict):  # a section-level check: the message names its keys
             lines.append(f"{key}: {msg}")
         else:
-            lines.append(f"{key} = {value!r}: {msg}{extra}")
+            lines.append(f"{key} = {_short_repr(value)}: {msg}{extra}")
     return "\n".join(lines)
 
 
@@ -59,7 +113,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if len(parts) < 2:
         raise ConfigError(f"override {text!r}: the key must be section.key, e.g. optim.lr=2e-4")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = load_yaml(raw, f"override {key.strip()!r}") if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     return parts, value
@@ -96,8 +150,16 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             p = p / "config.yaml"  # a run directory stands for its resolved config
         if not p.is_file():
             raise ConfigError(f"config file {str(p)!r} does not exist: pass a YAML file or run dir")
+        size = p.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                f"{p}: {size:,} bytes is not a config file (a config is a few KB; "
+                f"at most {MAX_CONFIG_BYTES:,} bytes)"
+            )
         try:
-            loaded = yaml.safe_load(p.read_text())
+            loaded = load_yaml(p.read_text(encoding="utf-8"), str(p))
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{p}: not UTF-8 text ({err.reason} at byte {err.start})") from None
         except yaml.YAMLError as err:
             raise ConfigError(f"{p}: not valid YAML: {err}") from None
         if loaded is not None and not isinstance(loaded, dict):

@@ -7,11 +7,29 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+# Upper bounds for values that type-check but would fail later (an overflow deep in torch, an
+# allocation of tens of GB) or that are typos (1e9 for 1e3). Each is far above real use.
+# Seeds: torch.Generator.manual_seed takes integers below 2**64, and our seed mixers
+# (data.order.mix_seed, samplers.noise) work in 63 bits, so a seed is a 63-bit integer.
+MAX_SEED = 2**63 - 1
+MAX_RESOLUTION = 4096  # pixels per side
+MAX_BATCH = 65_536  # images per optimizer step or per feature-network batch
+MAX_GRID = 1024  # images in one training-time sample grid (held in memory at once)
+MAX_EVAL_IMAGES = 100_000  # FID-50k, the largest standard protocol, uses 50,000
+MAX_SAMPLER_STEPS = 10_000
+MAX_TIMESTEPS = 100_000  # discrete diffusion steps T (1000 is usual)
+MAX_WIDTH = 8192  # channels of one network level
+MAX_LEVELS = 8  # U-Net levels: 2**7 downsampling already needs 128 px
+MAX_SHUFFLE_BUFFER = 1_000_000  # samples held in memory for shuffling
+
 
 class Section(BaseModel):
-    """Base for every section: unknown keys are errors, assignments are validated."""
+    """Base for every section: unknown keys are errors, assignments are validated.
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    allow_inf_nan=False: no float key means anything as inf or NaN (`lr: .inf` trained NaNs).
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class AugmentConfig(Section):
@@ -52,6 +70,15 @@ class BucketConfig(Section):
     max_ratio: float = Field(2.0, ge=1, le=8, description="widest long/short side ratio")
     upscale: bool = Field(False, description="put small images in the largest resolution's buckets")
 
+    @model_validator(mode="after")
+    def _resolution_range(self) -> BucketConfig:
+        res = self.resolutions
+        if res is not None and not all(0 < r <= MAX_RESOLUTION for r in res):
+            raise ValueError(
+                f"data.buckets.resolutions = {res}: each must lie in 1..{MAX_RESOLUTION} pixels"
+            )
+        return self
+
 
 class DataConfig(Section):
     source: Literal["folder", "idx", "digits", "npz", "hf", "webdataset"] = Field(
@@ -61,7 +88,9 @@ class DataConfig(Section):
         None, description="image folder, IDX dir, .npz, save_to_disk folder or parquet, tar shards"
     )
     split: str = Field("train", description="IDX split (train|test) or Hugging Face split name")
-    resolution: int = Field(32, gt=0, description="square side in pixels after preprocessing")
+    resolution: int = Field(
+        32, gt=0, le=MAX_RESOLUTION, description="square side in pixels after preprocessing"
+    )
     channels: Literal[1, 3] = Field(3, description="1 = grayscale, 3 = RGB")
     resize: Literal["pad", "crop", "random_crop", "stretch"] = Field(
         "crop",
@@ -79,7 +108,9 @@ class DataConfig(Section):
     )
     workers: int | None = Field(None, ge=0, le=64, description="decoder processes; null = auto")
     prefetch: int = Field(2, gt=0, le=64, description="batches each worker prepares ahead")
-    shuffle_buffer: int = Field(1000, gt=0, description="webdataset sample shuffle buffer size")
+    shuffle_buffer: int = Field(
+        1000, gt=0, le=MAX_SHUFFLE_BUFFER, description="webdataset sample shuffle buffer size"
+    )
     image_column: str | None = Field(None, description="Hugging Face image column; null = detect")
     label_column: str | None = Field(None, description="Hugging Face label column; null = detect")
     caption_column: str | None = Field(
@@ -117,11 +148,23 @@ class ModelConfig(Section):
     )
     preset: str = Field("unet-small", description="named size preset (see models.presets)")
     block_out_channels: list[int] | None = Field(None, description="override the preset widths")
-    layers_per_block: int | None = Field(None, gt=0)
+    layers_per_block: int | None = Field(None, gt=0, le=16)
     attention_levels: list[int] | None = Field(
         None, description="levels (0 = highest res) with attention"
     )
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _widths(self) -> ModelConfig:
+        widths = self.block_out_channels
+        if widths is not None and (
+            not 1 <= len(widths) <= MAX_LEVELS or not all(0 < w <= MAX_WIDTH for w in widths)
+        ):
+            raise ValueError(
+                f"model.block_out_channels = {widths}: 1 to {MAX_LEVELS} levels, each width "
+                f"between 1 and {MAX_WIDTH} channels (e.g. [64, 128, 256]); null = the preset's"
+            )
+        return self
 
 
 # Keys that only one family of objectives reads; setting one for another objective is an error.
@@ -150,14 +193,14 @@ class DiffusionConfig(Section):
     p_mean: float = Field(-1.2, description="edm: mean of log-sigma during training")
     p_std: float = Field(1.2, gt=0, description="edm: std of log-sigma during training")
     sigma_min: float = Field(0.002, gt=0, description="sampling: smallest nonzero sigma")
-    sigma_max: float = Field(80.0, gt=0, description="sampling: largest sigma")
+    sigma_max: float = Field(80.0, gt=0, le=1e4, description="sampling: largest sigma")
     prediction: Literal["eps", "v", "x0"] | None = Field(
         None, description="vp/iddpm network target; null = eps"
     )
     beta_schedule: Literal["linear", "scaled-linear", "cosine"] = "linear"
     beta_start: float = Field(1e-4, gt=0, lt=1, description="linear/scaled-linear beta_0")
     beta_end: float = Field(0.02, gt=0, lt=1, description="linear/scaled-linear beta_(T-1)")
-    num_train_timesteps: int = Field(1000, gt=1)
+    num_train_timesteps: int = Field(1000, gt=1, le=MAX_TIMESTEPS)
     zero_terminal_snr: bool = Field(False, description="rescale betas to SNR 0 at T (Lin 2024)")
     offset_noise: float = Field(0.0, ge=0, description="per-channel noise offset (0 = off)")
     weighting: Literal["uniform", "min-snr", "soft-min-snr", "edm", "learned"] = Field(
@@ -226,13 +269,24 @@ class OptimConfig(Section):
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine floor as a share of lr")
     grad_clip: float | None = Field(1.0, gt=0, description="max global grad norm; null = off")
 
+    @model_validator(mode="after")
+    def _betas_range(self) -> OptimConfig:
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(
+                f"optim.betas = {list(self.betas)}: each must lie in [0, 1) (Adam's moment "
+                "decay rates; the usual value is [0.9, 0.999])"
+            )
+        return self
+
 
 class TrainConfig(Section):
     run_dir: Path = Path("runs/default")
-    batch_size: int = Field(64, gt=0, description="images per optimizer step (all processes)")
+    batch_size: int = Field(
+        64, gt=0, le=MAX_BATCH, description="images per optimizer step (all processes)"
+    )
     grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
     max_steps: int = Field(1000, gt=0)
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     checkpoint_every: int = Field(500, gt=0)
     keep_checkpoints: int = Field(2, gt=0, description="how many recent checkpoints to keep")
     sample_every: int = Field(500, gt=0, description="write a sample grid every N steps")
@@ -304,7 +358,7 @@ class SampleConfig(Section):
     sampler: Literal[
         "euler", "heun", "edm-stochastic", "ddim", "ddpm", "dpmpp-2m", "dpmpp-3m", "unipc"
     ] = "heun"
-    steps: int = Field(18, gt=0)
+    steps: int = Field(18, gt=0, le=MAX_SAMPLER_STEPS)
     schedule: Literal["karras", "uniform", "training"] = Field(
         "karras",
         description="karras (rho), uniform (in t; vp/iddpm/flow) or training (all T "
@@ -317,11 +371,11 @@ class SampleConfig(Section):
         None, description="apply guidance only for sigma in (lo, hi] (Kynkaanniemi 2024)"
     )
     guidance: float = Field(1.0, ge=0, description="classifier-free guidance weight; 1 = off")
-    num: int = Field(64, gt=0, description="images in each training-time grid")
+    num: int = Field(64, gt=0, le=MAX_GRID, description="images in each training-time grid")
     prompts: list[str] = Field(
         [], description="text models: grid prompts (one row each); [] = first validation captions"
     )
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
     @model_validator(mode="after")
     def _sampler_options(self) -> SampleConfig:
@@ -344,12 +398,12 @@ class FeaturesConfig(Section):
     """The domain feature network of `difftrain features train` (a small CNN classifier)."""
 
     out: Path | None = Field(None, description="output directory; null = <train.run_dir>/features")
-    width: int = Field(32, gt=0, description="channels of the first conv level")
-    feature_dim: int = Field(128, gt=1, description="size of the feature vector")
+    width: int = Field(32, gt=0, le=MAX_WIDTH, description="channels of the first conv level")
+    feature_dim: int = Field(128, gt=1, le=MAX_WIDTH, description="size of the feature vector")
     epochs: int = Field(3, gt=0)
-    batch_size: int = Field(128, gt=0)
+    batch_size: int = Field(128, gt=0, le=MAX_BATCH)
     lr: float = Field(2e-3, gt=0)
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
 class EvalConfig(Section):
@@ -361,17 +415,27 @@ class EvalConfig(Section):
     metrics: list[Literal["fid", "kid", "pr", "acc", "nll"]] = Field(
         ["fid", "kid", "pr", "acc"], description="fid, kid, pr (precision/recall), acc, nll"
     )
-    num: int = Field(300, gt=3, description="generated (and reference) images per evaluation")
+    num: int = Field(
+        300, gt=3, le=MAX_EVAL_IMAGES, description="generated (and reference) images per evaluation"
+    )
     # One denoiser call per step: 12 calls per image keeps two evaluations of the Fashion-MNIST
     # demo under 10% of its training time (bench/eval_speed.py).
-    steps: int = Field(12, gt=0, description="sampler steps for evaluation samples")
+    steps: int = Field(
+        12, gt=0, le=MAX_SAMPLER_STEPS, description="sampler steps for evaluation samples"
+    )
     sampler: str = Field("dpmpp-2m", description="sampler name (see difftrain.samplers.SAMPLERS)")
-    seed: int = Field(1, ge=0, description="generation seed (sample i depends on (seed, i))")
+    seed: int = Field(
+        1, ge=0, le=MAX_SEED, description="generation seed (sample i depends on (seed, i))"
+    )
     features: Literal["domain", "inception"] = "domain"
     feature_net: Path | None = Field(None, description="domain net dir; null = <run_dir>/features")
     inception_weights: Path | None = Field(None, description="FID Inception-v3 weight file")
-    nll_num: int = Field(32, gt=0, description="validation images for the likelihood")
-    nll_steps: int = Field(32, gt=1, description="ODE steps for the likelihood")
+    nll_num: int = Field(
+        32, gt=0, le=MAX_EVAL_IMAGES, description="validation images for the likelihood"
+    )
+    nll_steps: int = Field(
+        32, gt=1, le=MAX_SAMPLER_STEPS, description="ODE steps for the likelihood"
+    )
 
 
 class LatentConfig(Section):
