@@ -218,3 +218,17 @@ def test_autoencoder_section_on_a_diffusion_run_is_an_error():
     with pytest.raises(ConfigError, match="autoencoder.kl_weight is only used when model.kind"):
         check_config(cfg)
     check_config(ae_config(**{"autoencoder.disc_weight": 0.5, "autoencoder.disc_layers": 2}))
+
+
+def test_emoji_vae_config_is_a_valid_autoencoder_config(tmp_path):
+    from PIL import Image
+
+    from difftrain.config import load_config
+    from tests.conftest import REPO
+
+    (tmp_path / "a").mkdir()
+    Image.new("RGB", (64, 64), "white").save(tmp_path / "a" / "x.png")
+    cfg = load_config(REPO / "configs" / "emoji-vae.yaml", [f"data.path={tmp_path}"])
+    assert cfg.model.kind == "autoencoder" and cfg.data.resolution == 64
+    check_config(cfg)
+    assert resolve_ae_preset(cfg.model.preset).downsample_factor == 4  # 64×64 → 16×16 latents
