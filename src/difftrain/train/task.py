@@ -82,7 +82,7 @@ class DiffusionTask(Task):
 
 def build_task(cfg: Config, data, val: ImageData, device: torch.device | str = "cpu") -> Task:
     """The task for `model.kind`; `data` is the loop's training batches (for class count, images)."""
-    if getattr(cfg.model, "kind", "diffusion") == "autoencoder":
+    if cfg.model.kind == "autoencoder":
         from difftrain.train.autoencoder_task import AutoencoderTask
 
         reference = getattr(data, "data", val)  # in-memory training images; streamed: validation
