@@ -23,17 +23,37 @@ from difftrain.samplers import randn, sample_generators
 from tests.export_helpers import make_run, make_text_latent_run
 
 
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """Each kind of run exported once per module (ONNX export dominates these tests' time)."""
+    cache = {}
+
+    def get(kind: str):
+        if kind not in cache:
+            root = tmp_path_factory.mktemp(kind)
+            if kind == "text-latent":
+                run_dir = make_text_latent_run(root / "run", "bpe")
+            else:
+                objective, k = {"edm-class": ("edm", 3), "vp": ("vp", None)}[kind]
+                run_dir = make_run(root / "run", k, **{"diffusion.objective": objective})
+            res = export_run(run_dir, "onnx", root / "onnx")
+            cache[kind] = (run_dir, root / "onnx", res)
+        return cache[kind]
+
+    return get
+
+
 @pytest.mark.parametrize(
-    "objective,k,sampler,guidance", [("edm", 3, "heun", 2.0), ("vp", None, "euler", 1.0)]
+    "kind,k,sampler,guidance", [("edm-class", 3, "heun", 2.0), ("vp", None, "euler", 1.0)]
 )
-def test_onnx_denoiser_and_sampler_match_pytorch(tmp_path, objective, k, sampler, guidance):
-    run_dir = make_run(tmp_path / "run", k, **{"diffusion.objective": objective})
-    res = export_run(run_dir, "onnx", tmp_path / "onnx")
+def test_onnx_denoiser_and_sampler_match_pytorch(exported, kind, k, sampler, guidance):
+    run_dir, onnx_dir, res = exported(kind)
+    objective = kind
     assert "denoiser.onnx" in res.files
-    meta = json.loads((tmp_path / "onnx/onnx_model.json").read_text())
+    meta = json.loads((onnx_dir / "onnx_model.json").read_text())
     assert meta["check"]["max_relative_error"] <= 1e-4 and meta["shape"] == [1, 8, 8]
     run = load_run(run_dir)
-    den = OnnxDenoiser(tmp_path / "onnx")
+    den = OnnxDenoiser(onnx_dir)
     # D itself, at batch sizes the graph was not traced with, over the whole σ range.
     for n in (1, 3):
         x = torch.randn(n, 1, 8, 8) * 3
@@ -72,17 +92,13 @@ def test_onnx_denoiser_and_sampler_match_pytorch(tmp_path, objective, k, sampler
 @pytest.mark.parametrize(
     "kind,args,shape",
     [
-        ("class", ["--class-label", "1"], (2, 8, 8, 1)),
+        ("edm-class", ["--class-label", "1"], (2, 8, 8, 1)),
         ("text-latent", ["--prompt", "red square", "--negative-prompt", "blue"], (2, 16, 16, 3)),
     ],
 )
-def test_onnx_sampler_runs_without_torch(tmp_path, kind, args, shape):
-    if kind == "class":
-        make_run(tmp_path / "run", 3)
-    else:
-        make_text_latent_run(tmp_path / "run", "byte")
-    export_run(tmp_path / "run", "onnx", tmp_path / "onnx")
-    argv = [str(tmp_path / "onnx"), "--num", "2", "--steps", "3", "--guidance", "1.5", *args]
+def test_onnx_sampler_runs_without_torch(exported, tmp_path, kind, args, shape):
+    _, onnx_dir, _ = exported(kind)
+    argv = [str(onnx_dir), "--num", "2", "--steps", "3", "--guidance", "1.5", *args]
     argv += ["--out", str(tmp_path / "x.npz")]
     code = (
         "import sys; sys.modules['torch'] = None\n"  # any torch import now fails
@@ -108,14 +124,13 @@ def test_a_failed_onnx_check_keeps_nothing(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
-def test_onnx_text_latent_export_matches_difftrain_with_prompts_and_guidance(tmp_path):
+def test_onnx_text_latent_export_matches_difftrain_with_prompts_and_guidance(exported):
     """Text encoder inside the graph, decoder.onnx for the latents, tokenizer.json for prompts."""
-    run_dir = make_text_latent_run(tmp_path / "run", "bpe")
-    export_run(run_dir, "onnx", tmp_path / "onnx")
-    meta = json.loads((tmp_path / "onnx/onnx_model.json").read_text())
+    run_dir, onnx_dir, _ = exported("text-latent")
+    meta = json.loads((onnx_dir / "onnx_model.json").read_text())
     assert meta["cond_input"] == "input_ids" and meta["decoder"] == "decoder.onnx"
     assert meta["check"]["decoder_max_relative_error"] <= 1e-4
-    run, den = load_run(run_dir), OnnxDenoiser(tmp_path / "onnx")
+    run, den = load_run(run_dir), OnnxDenoiser(onnx_dir)
     prompts = ["red square", "", "a much longer prompt that gets truncated"]
     np.testing.assert_array_equal(den.encode(prompts), run.text.ids(prompts).numpy())
     num, steps, shape = 2, 4, tuple(run.sample_shape)
