@@ -104,6 +104,10 @@ def test_out_dir_rules(tmp_path):
     res = cli(run_dir, "--format", "safetensors", "--out", tmp_path / "empty")
     assert res.exit_code == 2 and "notes.txt" in res.output
     assert (tmp_path / "empty/notes.txt").read_text() == "user's"
+    # A symbolic link is not followed.
+    (tmp_path / "link").symlink_to(tmp_path / "empty", target_is_directory=True)
+    res = cli(run_dir, "--format", "safetensors", "--out", tmp_path / "link")
+    assert res.exit_code == 2 and "symbolic link" in res.output
     # A file where the directory should be.
     (tmp_path / "afile").write_text("x")
     assert cli(run_dir, "--format", "onnx", "--out", tmp_path / "afile").exit_code == 2

@@ -49,7 +49,9 @@ def _all_entries(root: Path) -> tuple[set[str], set[str]]:
 
 def check_out_dir(out: Path) -> bool:
     """Raise ConfigError unless `out` may receive an export; True if it holds a previous one."""
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
+    if out.is_symlink():
+        raise ConfigError(f"--out {str(out)!r}: is a symbolic link; name the directory itself")
+    if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {str(out)!r}: exists and is not a directory; choose a new path")
     if not out.exists() or not any(out.iterdir()):
         return False
@@ -122,9 +124,7 @@ def staged(out: Path) -> Iterator[Path]:
             os.replace(stage, out)
             shutil.rmtree(old)  # verified above: only files a previous export wrote
         else:
-            if out.exists():
-                out.rmdir()  # empty
-            os.replace(stage, out)
+            os.replace(stage, out)  # rename(2) atomically replaces an empty directory
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise

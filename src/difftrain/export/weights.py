@@ -89,5 +89,7 @@ def load_exported(export_dir: str | Path) -> LoadedRun:
         vae = load_autoencoder(root / AE_SUBDIR)
         latents = Latents.for_config(cfg, vae)
     text = TextConditioning.open(cfg, root)
-    state = {"step": meta.get("step"), "data": {"num_classes": k, "class_names": names}}
+    state = {"data": {"num_classes": k, "class_names": names}}
+    if isinstance(meta.get("step"), int):
+        state["step"] = meta["step"]
     return LoadedRun(cfg, denoiser, root / WEIGHTS, state, vae, shape, latents, text)
