@@ -29,6 +29,7 @@ def train(
 ) -> None:
     """Train a diffusion model as configured."""
     from difftrain.pipeline.build import check_config
+    from difftrain.pipeline.pretrained import resolve_pretrained
     from difftrain.train import train as run_train
 
     cfg = load_config(config, set_)
@@ -37,6 +38,7 @@ def train(
         # The directory the user named is the run (a copied or moved run directory writes into
         # itself, not into the train.run_dir stored in its config); --set train.run_dir wins.
         cfg.train.run_dir = config
+    cfg = resolve_pretrained(cfg)  # model.pretrained: values read from the pipeline folder
     check_config(cfg)  # before any data or model is loaded
     if dry_run:
         console.print(dump_config(cfg), highlight=False)

@@ -58,6 +58,10 @@ def build_backbone(
     cfg: Config, num_classes: int | None, channels: int, resolution: int, out_channels: int
 ) -> nn.Module:
     """F(x, noise_cond, cond) for model.preset; text models own their text encoder."""
+    if cfg.model.pretrained is not None:  # a pipeline folder's U-Net, LoRA/full per finetune
+        from difftrain.pipeline.pretrained import build_pretrained_backbone
+
+        return build_pretrained_backbone(cfg)
     preset = model_preset(cfg)
     dropout = cfg.model.dropout
     if uses_text(cfg):

@@ -31,8 +31,13 @@ def check_config(cfg: Config) -> None:
     """Checks that span sections or touch the file system; run before any data or model loads."""
     if check_autoencoder_config(cfg):  # model.kind = autoencoder: its own presets and checks
         return
-    preset = model_preset(cfg)  # unknown names and misplaced overrides are ConfigErrors
-    factor = preset.downsample_factor
+    if cfg.model.pretrained is not None:  # a pipeline folder's U-Net (pipeline/pretrained.py)
+        from difftrain.pipeline.pretrained import check_pretrained
+
+        factor, preset = check_pretrained(cfg), None
+    else:
+        preset = model_preset(cfg)  # unknown names and misplaced overrides are ConfigErrors
+        factor = preset.downsample_factor
     check_latent_config(cfg, factor)  # resolution vs AE × U-Net downsampling, cacheable augments
     if cfg.data.resolution % factor:
         raise ConfigError(
@@ -40,11 +45,15 @@ def check_config(cfg: Config) -> None:
             f"downsampling of model.preset {cfg.model.preset!r}; "
             f"try {cfg.data.resolution // factor * factor or factor}"
         )
-    check_model(cfg, preset)  # levels, group norm, and text vs cross-attention
+    if preset is not None:
+        check_model(cfg, preset)  # levels, group norm, and text vs cross-attention
     check_data(cfg.data, factor)
     best = cfg.train.best_metric
-    if best != "val/loss" and not best.startswith("eval/"):
-        raise ConfigError(f"train.best_metric = {best!r}: use val/loss or an eval/... metric")
+    if best not in ("val/loss", "val/prior_drift") and not best.startswith("eval/"):
+        raise ConfigError(
+            f"train.best_metric = {best!r}: use val/loss, val/prior_drift (DreamBooth) or an "
+            "eval/... metric"
+        )
     if best.startswith("eval/") and (
         cfg.eval.every == 0 or cfg.eval.every % cfg.train.checkpoint_every
     ):

@@ -25,8 +25,10 @@ def uses_text(cfg: Config) -> bool:
     return cfg.text.encoder != "none"
 
 
-def _check_path(cfg: Config) -> Path:
+def _check_path(cfg: Config, part: str = "text_encoder") -> Path:
     path = Path(cfg.text.path)
+    if any((path / part / f).is_file() for f in ("config.json", "tokenizer_config.json")):
+        return path / part  # a diffusers pipeline folder: text_encoder/ and tokenizer/
     if not (path / "config.json").is_file():
         raise ConfigError(
             f"text.path = '{path}': no config.json there; point it at a local directory saved "
@@ -44,7 +46,7 @@ def open_tokenizer(cfg: Config, run_dir: Path | None = None, captions: list[str]
     t = cfg.text
     if t.encoder == "path":
         try:
-            return PretrainedTokenizer(_check_path(cfg), t.max_length)
+            return PretrainedTokenizer(_check_path(cfg, "tokenizer"), t.max_length)
         except (OSError, ValueError) as err:
             raise ConfigError(f"text.path = '{t.path}': no usable tokenizer ({err})") from None
     if t.tokenizer == "byte":

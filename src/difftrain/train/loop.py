@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from difftrain.config import Config, ConfigError, dump_config
 from difftrain.eval.evaluate import TrainingEvaluator
 from difftrain.pipeline.build import check_config
+from difftrain.pipeline.pretrained import resolve_pretrained
 from difftrain.pipeline.checkpoint import (
     CheckpointError,
     clean_stale_tmp,
@@ -92,6 +93,7 @@ class RunSummary:
 def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummary | dict:
     """Train as configured. With dry_run, return the description without training."""
     # ---- Setup: check the config, open the run directory, start accelerate ----
+    cfg = resolve_pretrained(cfg)  # model.pretrained: scheduler, vae/, text from the pipeline
     check_config(cfg)
     tc = cfg.train
     run_dir = Path(tc.run_dir)
@@ -132,7 +134,8 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
     if dry_run:
         return describe(cfg, data, val, sum(p.numel() for p in denoiser.parameters()))
     objective = task.objective
-    optimizer = build_optimizer(denoiser.parameters(), cfg.optim)
+    # Only trainable weights: frozen ones (a LoRA run's base U-Net) get no optimizer state.
+    optimizer = build_optimizer([p for p in denoiser.parameters() if p.requires_grad], cfg.optim)
     ema = EMA(denoiser)
 
     def restore(path: Path) -> None:

@@ -10,7 +10,20 @@ from difftrain.config.schema import OptimConfig
 
 
 def build_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """AdamW, Adam, RMSprop or SGD with momentum, as configured."""
+    """AdamW, Adam, RMSprop, SGD with momentum or bitsandbytes' 8-bit AdamW, as configured."""
+    if cfg.name == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            from difftrain.config import ConfigError
+
+            raise ConfigError(
+                "optim.name = 'adamw8bit' needs the bitsandbytes package (a CUDA GPU); "
+                "pip install bitsandbytes, or use optim.name = 'adamw'"
+            ) from None
+        return bnb.optim.AdamW8bit(
+            params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay
+        )
     if cfg.name == "adamw":
         return torch.optim.AdamW(
             params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay
