@@ -64,6 +64,9 @@ def test_diffusers_pipeline_reproduces_difftrain(
     export_run(run_dir, "diffusers", tmp_path / "pipe")
     index = json.loads((tmp_path / "pipe/model_index.json").read_text())
     assert index["_class_name"] == pipeline and index["scheduler"] == ["diffusers", scheduler]
+    card = (tmp_path / "pipe/README.md").read_text()
+    assert pipeline in card and "num_inference_steps=" in card
+    assert ("class_labels=[0]" in card) == (k is not None)
     pipe = DiffusionPipeline.from_pretrained(tmp_path / "pipe")
     pipe.set_progress_bar_config(disable=True)
     n, steps = 4, 5  # DDIM's trailing steps are consistent when steps divides T (1000)

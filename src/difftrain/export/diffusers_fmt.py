@@ -20,7 +20,9 @@ Class-conditional pipelines have no classifier-free guidance (guidance = 1); Sta
 has it. DDIM's trailing steps equal difftrain's only when `steps` divides T: otherwise diffusers
 steps to t − T//steps, not to the next scheduled timestep. Refused (ConfigError, exit 2): DiT
 backbones (DiTPipeline is latent-only with 1000 classes hard-coded), latent models without text,
-pixel-space text models, class-conditional flow models.
+pixel-space text models, class-conditional flow models. `ConsistencyModelPipeline` defaults to
+one step and, without `class_labels`, draws random labels (the null class included): the
+README.md written into the export says which arguments reproduce the run.
 """
 
 from __future__ import annotations
@@ -160,4 +162,36 @@ def write_diffusers(run: LoadedRun, stage: Path) -> str:
     else:
         pipe = DDIMPipeline(unet=unet, scheduler=scheduler)
     pipe.save_pretrained(stage, safe_serialization=True)
+    write_card(run, stage, type(pipe).__name__)
     return type(pipe).__name__
+
+
+def write_card(run: LoadedRun, stage: Path, pipeline: str) -> None:
+    """README.md: how to load the export and which arguments reproduce `difftrain sample`."""
+    cfg, k = run.config, run.num_classes
+    steps = cfg.sample.steps
+    if cfg.diffusion.objective in ("vp", "iddpm"):
+        steps = next(n for n in range(steps, 0, -1) if cfg.diffusion.num_train_timesteps % n == 0)
+    args = [f"num_inference_steps={steps}"]
+    if getattr(run, "text", None) is not None:
+        args = ['prompt="..."', *args, f"guidance_scale={cfg.sample.guidance}"]
+    elif k is not None:
+        args = ["class_labels=[0]", *args]
+        names = ", ".join(f"{i} = {n}" for i, n in enumerate(run.class_names or []))
+    lines = [
+        f"# {pipeline} exported by `difftrain export`",
+        "",
+        "```python",
+        "from diffusers import DiffusionPipeline",
+        "",
+        'pipe = DiffusionPipeline.from_pretrained("THIS_DIRECTORY")',
+        f"images = pipe({', '.join(args)}).images",
+        "```",
+        "",
+        f"Objective `{cfg.diffusion.objective}`, scheduler `{type(make_scheduler(cfg)).__name__}`. "
+        f"difftrain equivalent: sampler `{matching_sampler(cfg)}` over the scheduler's σ "
+        "(see difftrain's README, section Export, for the measured agreement).",
+    ]
+    if k is not None and getattr(run, "text", None) is None:
+        lines += ["", f"Classes: {names}. No classifier-free guidance in this pipeline."]
+    (stage / "README.md").write_text("\n".join(lines) + "\n")

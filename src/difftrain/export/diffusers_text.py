@@ -16,7 +16,7 @@ from pathlib import Path
 from diffusers import AutoencoderKL, StableDiffusionPipeline
 
 from difftrain.config import ConfigError
-from difftrain.export.diffusers_fmt import make_scheduler
+from difftrain.export.diffusers_fmt import make_scheduler, write_card
 from difftrain.export.source import plain_denoiser
 from difftrain.export.tokenizer import framed_tokenizer
 from difftrain.models.text import SPECIAL_TOKENS, PretrainedTokenizer
@@ -104,4 +104,5 @@ def write_stable_diffusion(run: LoadedRun, stage: Path) -> str:
         requires_safety_checker=False,
     )
     pipe.save_pretrained(stage, safe_serialization=True)
+    write_card(run, stage, type(pipe).__name__)
     return type(pipe).__name__
