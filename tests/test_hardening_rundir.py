@@ -226,6 +226,11 @@ def test_resume_with_only_corrupt_checkpoints_stops_and_keeps_metrics(
         assert name in res.output
     assert "SHA-256 mismatch" in res.output
     assert (run / "metrics.jsonl").read_bytes() == metrics
+    # No checkpoints at all, but a history in metrics.jsonl: refused the same way.
+    shutil.rmtree(run / "checkpoints")
+    res = train([*fast(run), "--set", f"train.run_dir={run}"], monkeypatch, "", "--resume")
+    assert res.exit_code == 2 and "metrics.jsonl" in res.output, res.output
+    assert (run / "metrics.jsonl").read_bytes() == metrics
 
 
 # ---- 4. a malformed manifest marks the checkpoint corrupt; every loaded file must be listed ----

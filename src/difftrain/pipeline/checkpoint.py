@@ -242,16 +242,17 @@ def read_checkpoint(
     return tensors, state
 
 
-def checkpoint_problems(ckpt_root: Path) -> list[tuple[Path, str | None]]:
-    """Every checkpoint, oldest first, with why it fails verification (None when it is good)."""
-    out: list[tuple[Path, str | None]] = []
-    for path in list_checkpoints(ckpt_root):
+def newest_good(ckpt_root: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest checkpoint that verifies (None if none does), and each newer one with why it
+    failed. Stops at the first good one: older checkpoints are not hashed."""
+    bad: list[tuple[Path, str]] = []
+    for path in reversed(list_checkpoints(ckpt_root)):
         try:
             verify_checkpoint(path)
-            out.append((path, None))
+            return path, bad
         except CheckpointError as err:
-            out.append((path, str(err)))
-    return out
+            bad.append((path, str(err)))
+    return None, bad
 
 
 def prune_checkpoints(ckpt_root: Path, keep: int, protect: set[str] = frozenset()) -> None:
@@ -320,15 +321,14 @@ def resume_checkpoint(run_dir: Path) -> Path | None:
     naming what was found: restarting it from step 0 would overwrite its history."""
     from difftrain.config import ConfigError
 
-    ckpt_root = run_dir / "checkpoints"
-    found = checkpoint_problems(ckpt_root)
-    for path, problem in reversed(found):
-        if problem is None:
-            return path
+    good, bad = newest_good(run_dir / "checkpoints")
+    for _path, problem in bad:
         warnings.warn(f"skipping bad checkpoint: {problem}", stacklevel=2)
+    if good is not None:
+        return good
     metrics = run_dir / "metrics.jsonl"
-    if found or (metrics.is_file() and metrics.stat().st_size > 0):
-        what = "; ".join(f"{p.name}: {why}" for p, why in found) or f"no checkpoints, but {metrics}"
+    if bad or (metrics.is_file() and metrics.stat().st_size > 0):
+        what = "; ".join(f"{p.name}: {why}" for p, why in bad) or f"no checkpoints, but {metrics}"
         raise ConfigError(
             f"--resume: {run_dir} has no good checkpoint to continue from ({what}). Nothing was "
             "changed. Repair or restore a checkpoint, or train into a new train.run_dir"
@@ -338,10 +338,8 @@ def resume_checkpoint(run_dir: Path) -> Path | None:
 
 def disk_full_error(what: str, ckpt_root: Path) -> DiskFullError:
     """The one message for a full disk, wherever it happens: what failed, what is intact, the fix."""
-    good = [p for p, problem in checkpoint_problems(ckpt_root) if problem is None]
-    intact = (
-        f"the previous checkpoint {good[-1].name} is intact" if good else "no earlier checkpoint"
-    )
+    good = newest_good(ckpt_root)[0]
+    intact = f"the previous checkpoint {good.name} is intact" if good else "no earlier checkpoint"
     return DiskFullError(
         f"disk full while writing {what}; {intact}. "
         "Free space (or move train.run_dir), then run again with --resume"
