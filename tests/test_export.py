@@ -125,3 +125,22 @@ def test_refusals_exit_2(tmp_path):
     res = cli(run_dir, "--format", "onnx", "--weights", "best", "--out", tmp_path / "o")
     assert res.exit_code == 2
     assert not (tmp_path / "o").exists()
+
+
+def test_a_trained_run_exports_to_every_format_through_the_cli(tiny_args, tmp_path):
+    """A real (2-step) training run, class-conditional EDM on digits, end to end."""
+    from diffusers import DiffusionPipeline
+
+    run_dir = tmp_path / "run"
+    args = tiny_args(run_dir, **{"train.max_steps": 2, "train.checkpoint_every": 2})
+    res = runner.invoke(app, ["train", *args])
+    assert res.exit_code == 0, res.output
+    for fmt in ("diffusers", "safetensors", "onnx"):
+        res = cli(run_dir, "--format", fmt, "--out", tmp_path / fmt)
+        assert res.exit_code == 0, res.output
+        assert f"exported {fmt}" in res.output and str(tmp_path / fmt) in res.output
+    pipe = DiffusionPipeline.from_pretrained(tmp_path / "diffusers")
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(batch_size=2, class_labels=[3, 4], num_inference_steps=2, output_type="np")
+    assert out.images.shape == (2, 8, 8, 1)
+    assert load_exported(tmp_path / "safetensors").class_names == load_run(run_dir).class_names
