@@ -30,6 +30,7 @@ from difftrain.samplers import (
     sample_ddpm,
     sample_dpmpp_2m,
     sample_dpmpp_3m,
+    sample_dpmpp_3m_exact,
     sample_euler,
     sample_heun,
     sample_unipc,
@@ -124,9 +125,9 @@ def test_heun(pred):
 @pytest.mark.parametrize("pred", list(PREDS))
 @pytest.mark.parametrize("order,steps", [(2, 10), (3, 10), (3, 20)])
 def test_dpm_solver_pp(pred, order, steps):
-    """2M matches as is. 3M matches with exact_third_order=False: by default we weight D2 by
-    2φ₃ (third order, see test_sampler_exactness), diffusers by φ₃; all else (warm-up, the
-    lower-order final steps, the r0/r1 bookkeeping) is checked here."""
+    """2M and 3M match with their default options: the default 3M is the published update
+    (D2 weighted by φ₃, as diffusers); warm-up, the lower-order final steps and the r0/r1
+    bookkeeping are checked here. dpmpp-3m-exact (2φ₃) must differ."""
     sched = vp(
         DPMSolverMultistepScheduler,
         prediction_type=pred,
@@ -135,8 +136,11 @@ def test_dpm_solver_pp(pred, order, steps):
         solver_type="midpoint",
     )
     fn = sample_dpmpp_2m if order == 2 else sample_dpmpp_3m
-    kw = {} if order == 2 else {"exact_third_order": False}
-    assert_steps_close(*run_both(sched, fn, pred, steps, ours_kw=kw))
+    assert_steps_close(*run_both(sched, fn, pred, steps))
+    if order == 3:
+        exact, theirs = run_both(sched, sample_dpmpp_3m_exact, pred, steps)
+        err = max((a - b).abs().max().item() for a, b in zip(exact, theirs, strict=True))
+        assert err > 1e-3, err
 
 
 @pytest.mark.parametrize("pred", list(PREDS))

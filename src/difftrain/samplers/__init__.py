@@ -7,7 +7,7 @@ generator=None, **options) -> x0`; x_T is already scaled to sigmas[0] and sigmas
 from difftrain.samplers.ddim import sample_ddim
 from difftrain.samplers.ddpm import sample_ddpm
 from difftrain.samplers.dpmpp_2m import sample_dpmpp_2m
-from difftrain.samplers.dpmpp_3m import sample_dpmpp_3m
+from difftrain.samplers.dpmpp_3m import sample_dpmpp_3m, sample_dpmpp_3m_exact
 from difftrain.samplers.edm_stochastic import sample_edm_stochastic
 from difftrain.samplers.euler import sample_euler
 from difftrain.samplers.guidance import CFGDenoiser
@@ -32,7 +32,8 @@ SAMPLERS = {
     "ddim": sample_ddim,
     "ddpm": sample_ddpm,
     "dpmpp-2m": sample_dpmpp_2m,
-    "dpmpp-3m": sample_dpmpp_3m,
+    "dpmpp-3m": sample_dpmpp_3m,  # as published and in diffusers (the default 3M)
+    "dpmpp-3m-exact": sample_dpmpp_3m_exact,  # corrected D2 coefficient: third order in the limit
     "unipc": sample_unipc,
 }
 
@@ -62,6 +63,7 @@ __all__ = [
     "sample_ddpm",
     "sample_dpmpp_2m",
     "sample_dpmpp_3m",
+    "sample_dpmpp_3m_exact",
     "sample_edm_stochastic",
     "sample_euler",
     "sample_generators",

@@ -13,7 +13,7 @@ def dpmpp_update(
     sigmas: list[torch.Tensor],
     denoised: list[torch.Tensor],
     order: int,
-    exact_third_order: bool = True,
+    exact_third_order: bool = False,
 ) -> torch.Tensor:
     """One step from sigmas[0] to sigma_next using the newest `order` data predictions.
 
@@ -23,7 +23,7 @@ def dpmpp_update(
     D1 ≈ h·m′ and D2 ≈ h²·m″/2; the exact integral ∫₀ʰ e^{−(h−τ)} m(λ+τ) dτ gives the m″ term
     −h²·φ₃·m″ = −2φ₃·D2 (φ₃ = (φ₁ + h)/h² − ½). The published code (DPM-Solver, k-diffusion,
     diffusers) weights D2 by φ₃, which leaves an O(h³) local error: the method is then only
-    second order. `exact_third_order=False` reproduces that code exactly.
+    second order. `exact_third_order=False` (the default) reproduces that code exactly.
     A step to σ = 0 returns m0 (h = ∞: the higher-order terms are not defined there).
     """
     m0 = denoised[0]
