@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import io
 import json
+import re
 import time
 from pathlib import Path
 
@@ -25,6 +26,13 @@ from difftrain.eval.plots import (
     training_plots,
     trajectory_figure,
 )
+from difftrain.eval.run_eval import read_evaluations
+
+# Everything below is read from a run directory, so it is untrusted: every field goes through
+# esc() into the page, and only keys of this shape reach matplotlib (a '$' starts mathtext,
+# which raises on bad input).
+SAFE_KEY = re.compile(r"[A-Za-z0-9_./:@+-]{1,100}")
+GRID_NAME = re.compile(r"step-(\d{1,12})\.png")
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1180px;
@@ -41,10 +49,64 @@ figcaption{font-size:.85em;color:#555;text-align:center}img.px{image-rendering:p
 """
 
 
+def esc(value) -> str:
+    """Any value as HTML text (quotes included, so it is safe in attributes too)."""
+    return html.escape(str(value), quote=True)
+
+
 def _img(src: str, alt: str, width: int | None = None, pixelated: bool = False) -> str:
-    w = f' width="{width}"' if width else ""
+    w = f' width="{int(width)}"' if width else ""
     cls = ' class="px"' if pixelated else ""
-    return f'<img src="{src}" alt="{html.escape(alt)}"{w}{cls}>'
+    return f'<img src="{esc(src)}" alt="{esc(alt)}"{w}{cls}>'
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def clean_rows(rows: list) -> list[dict]:
+    """metrics.jsonl rows with an integer step, keeping only keys the plots can show."""
+    out = []
+    for r in rows:
+        if not isinstance(r, dict) or type(r.get("step")) is not int:
+            continue
+        out.append(
+            {
+                k: v
+                for k, v in r.items()
+                if SAFE_KEY.fullmatch(k)
+                and (not k.startswith("val/loss_sigma_") or _is_number(k.rsplit("_", 1)[1]))
+            }
+        )
+    return out
+
+
+def plottable_evals(evals: list[dict]) -> list[dict]:
+    """eval.json entries reduced to what metric_history reads: safe names, numeric values."""
+    out = []
+    for e in evals:
+        st = e["settings"]
+        settings = {k: st.get(k) if type(st.get(k)) is int else "?" for k in ("num", "steps")}
+        metrics = {
+            k: v
+            for k, v in e["metrics"].items()
+            if SAFE_KEY.fullmatch(k) and type(v) in (int, float)
+        }
+        out.append({"step": e["step"], "settings": settings, "metrics": metrics})
+    return out
+
+
+def read_json_dict(path: Path) -> dict | None:
+    """A JSON object from `path`, or None when it is missing, unreadable or not an object."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 def data_summary(cfg) -> tuple[dict, str | None]:
@@ -109,11 +171,8 @@ def write_report(
             f"{run_dir}: not a run directory (no config.yaml); pass the train.run_dir"
         )
     cfg = load_config(run_dir / "config.yaml")
-    rows = read_metrics(run_dir / "metrics.jsonl")
-    eval_doc = (
-        json.loads((run_dir / "eval.json").read_text()) if (run_dir / "eval.json").is_file() else {}
-    )
-    evals = eval_doc.get("evaluations", [])
+    rows = clean_rows(read_metrics(run_dir / "metrics.jsonl"))
+    evals, eval_note = read_evaluations(run_dir / "eval.json")
     sec: list[tuple[str, str, str]] = []  # (anchor, title, html)
 
     # Summary: last logged values and the latest evaluation.
@@ -123,14 +182,16 @@ def write_report(
         if s:
             summary[f"{key} (step {s[-1]})"] = _fmt(v[-1])
     body = _table(summary) if summary else '<p class="muted">metrics.jsonl is empty or missing.</p>'
+    if eval_note:
+        body += f'<p class="muted">{esc(eval_note)}</p>'
     if evals:
         e = evals[-1]
         st = e["settings"]
         body += (
-            f"<p>Latest <code>difftrain evaluate</code>: step {e['step']}, {e['weights']} weights, "
-            f"{st['num']} samples, {html.escape(st['sampler'])} {st['steps']} steps, "
-            f"seed {st['seed']}, "
-            f"features {html.escape(str(st['features']))}.</p>"
+            f"<p>Latest <code>difftrain evaluate</code>: step {esc(e['step'])}, "
+            f"{esc(e.get('weights'))} weights, {esc(st.get('num'))} samples, "
+            f"{esc(st.get('sampler'))} {esc(st.get('steps'))} steps, seed {esc(st.get('seed'))}, "
+            f"features {esc(st.get('features'))}.</p>"
             + _table({k: _fmt(v) for k, v in e["metrics"].items()})
         )
     sec.append(("summary", "Summary", body))
@@ -145,7 +206,7 @@ def write_report(
             or '<p class="muted">No training metrics yet.</p>',
         )
     )
-    hist_src = metrics_plot(metric_history(rows, evals))
+    hist_src = metrics_plot(metric_history(rows, plottable_evals(evals)))
     note = (
         "<p>In-training values come from <code>metrics.jsonl</code> (<code>eval/…</code>); markers "
         "from <code>eval.json</code>. <code>_domain</code> metrics use the run's feature network "
@@ -164,11 +225,16 @@ def write_report(
     )
 
     # Sample grids over training.
-    grids = sorted((run_dir / "samples").glob("step-*.png"))
+    # Only our own grid names (step-<digits>.png); anything else in samples/ is not shown.
+    grids = sorted(
+        (int(m.group(1)), p)
+        for p in (run_dir / "samples").glob("step-*.png")
+        if (m := GRID_NAME.fullmatch(p.name)) and p.is_file()
+    )
     figs = "".join(
         f"<figure>{_img(_png_b64(p.read_bytes()), p.stem, 260, True)}<figcaption>step "
-        f"{int(p.stem.split('-')[1])}</figcaption></figure>"
-        for p in grids
+        f"{step}</figcaption></figure>"
+        for step, p in grids
     )
     sec.append(
         (
@@ -213,10 +279,15 @@ def write_report(
             f"<pre>{html.escape((run_dir / 'config.yaml').read_text())}</pre></details>",
         )
     )
-    env_path = run_dir / "environment.json"
-    env = json.loads(env_path.read_text()) if env_path.is_file() else {}
-    sec.append(("environment", "Versions and hardware", _table(env) if env else "<p>(missing)</p>"))
-    if eval_doc:
+    env = read_json_dict(run_dir / "environment.json")
+    sec.append(
+        (
+            "environment",
+            "Versions and hardware",
+            _table(env) if env else '<p class="muted">environment.json missing or unreadable</p>',
+        )
+    )
+    if evals:
         sec.append(
             (
                 "eval-json",

@@ -21,27 +21,44 @@ from difftrain.eval.evaluate import (
 
 def _entry_key(entry: dict) -> tuple:
     s = entry["settings"]
+    keys = ("features", "num", "sampler", "steps", "seed", "guidance")
+    return (entry["step"], str(entry.get("weights")), *(str(s.get(k)) for k in keys))
+
+
+def _well_formed(entry) -> bool:
+    """An evaluation entry has an integer step, a settings dict and a metrics dict."""
     return (
-        entry["step"],
-        entry["weights"],
-        s["features"],
-        s["num"],
-        s["sampler"],
-        s["steps"],
-        s["seed"],
-        s["guidance"],
+        isinstance(entry, dict)
+        and type(entry.get("step")) is int
+        and isinstance(entry.get("settings"), dict)
+        and isinstance(entry.get("metrics"), dict)
     )
+
+
+def read_evaluations(path: Path) -> tuple[list[dict], str | None]:
+    """The well-formed entries of eval.json and a note on what was ignored (None: nothing).
+
+    eval.json lives in a run directory, so it is untrusted: a damaged file or entry is
+    skipped with a note, never a traceback.
+    """
+    if not path.is_file():
+        return [], None
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        return [], f"{path.name} ignored: not readable JSON ({type(err).__name__})"
+    entries = doc.get("evaluations") if isinstance(doc, dict) else None
+    if not isinstance(entries, list):
+        return [], f"{path.name} ignored: it holds no list of evaluations"
+    good = [e for e in entries if _well_formed(e)]
+    bad = len(entries) - len(good)
+    return good, (f"{path.name}: {bad} malformed evaluation(s) ignored" if bad else None)
 
 
 def write_eval_json(path: Path, entry: dict) -> dict:
     """Add `entry` to eval.json's list (replacing one with the same step and settings)."""
-    doc = {"evaluations": []}
-    if path.is_file():
-        try:
-            doc = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            pass
-    kept = [e for e in doc.get("evaluations", []) if _entry_key(e) != _entry_key(entry)]
+    doc: dict = {}
+    kept = [e for e in read_evaluations(path)[0] if _entry_key(e) != _entry_key(entry)]
     doc["evaluations"] = sorted([*kept, entry], key=lambda e: e["step"])
     doc["latest"] = entry
     path.parent.mkdir(parents=True, exist_ok=True)
