@@ -111,6 +111,19 @@ async def run_cell(url: str, clients: int, requests: int, seconds: float, body: 
     }
 
 
+def batch_totals(url: str) -> tuple[float, float]:
+    """(requests, forward batches) so far, from the server's /metrics."""
+    text = httpx.get(url + "/metrics", timeout=30).text
+    values = {}
+    for line in text.splitlines():
+        if line.startswith(("difftrain_batch_requests_sum ", "difftrain_batch_requests_count ")):
+            name, value = line.split()
+            values[name] = float(value)
+    return values.get("difftrain_batch_requests_sum", 0), values.get(
+        "difftrain_batch_requests_count", 0
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run_dir", nargs="?", type=Path, help="run directory to serve")
@@ -136,21 +149,26 @@ def main() -> None:
         try:
             asyncio.run(run_cell(url, 1, 2, 30, body))  # warm-up: first-call costs
             for clients in args.clients:
+                before = batch_totals(url)
                 row = asyncio.run(run_cell(url, clients, args.requests, args.seconds, body))
-                row = {"batching": batching, "clients": clients, **row}
+                after = batch_totals(url)
+                per_batch = (after[0] - before[0]) / max(1.0, after[1] - before[1])
+                row = {"batching": batching, "clients": clients, **row, "req_per_batch": per_batch}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
         finally:
             proc.terminate()
             proc.wait(30)
     print(f"\nbody: {json.dumps(body)}; window {args.window_ms} ms; max batch {args.max_batch}")
-    print("| batching | clients | answers | req/s | p50 ms | p95 ms | p99 ms | errors |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "| batching | clients | answers | req/s | p50 ms | p95 ms | p99 ms | req/batch | errors |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {'on' if r['batching'] else 'off'} | {r['clients']} | {r['answers']} | "
             f"{r['req_per_s']} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | "
-            f"{r['errors'] or '-'} |"
+            f"{r['req_per_batch']:.1f} | {r['errors'] or '-'} |"
         )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

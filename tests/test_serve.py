@@ -433,3 +433,18 @@ def test_threaded_client_sanity(server):
     images = [r.json()["images"][0] for r in results]
     assert len(set(images)) == 8
     assert threading.active_count() < 100
+
+
+def test_serves_a_safetensors_export_with_the_runs_images(server, run_dir, tmp_path):
+    url, _ = server
+    out = tmp_path / "st"
+    res = CliRunner().invoke(
+        cli, ["export", str(run_dir), "--format", "safetensors", "--out", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    body = {"num": 2, "seed": 9, "class_label": 4}
+    with serving(out, settings()) as (export_url, _app), client(export_url) as c:
+        got = c.post("/v1/generate", json=body, headers=AUTH).json()
+    with client(url) as c:
+        want = c.post("/v1/generate", json=body, headers=AUTH).json()
+    assert got["model"] == "st:export" and got["images"] == want["images"]
