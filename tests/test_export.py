@@ -85,8 +85,15 @@ def test_export_manifest_names_outside_the_directory_are_refused(tmp_path):
         load_exported(tmp_path / "st")
 
 
-def test_out_dir_rules(tmp_path):
+def test_out_dir_rules(tmp_path, monkeypatch):
     run_dir = make_run(tmp_path / "run")
+    # "--out ." in an empty working directory exports into it.
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    inode = (tmp_path / "here").stat().st_ino
+    assert cli(run_dir, "--format", "safetensors", "--out", ".").exit_code == 0
+    assert load_exported(tmp_path / "here").num_classes is None
+    assert (tmp_path / "here").stat().st_ino == inode  # the same directory, not a replacement
     # Non-empty directory that is not an export: refused, untouched.
     busy = tmp_path / "busy"
     busy.mkdir()

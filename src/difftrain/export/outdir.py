@@ -109,7 +109,7 @@ def verify_export(root: Path) -> dict:
 
 @contextlib.contextmanager
 def staged(out: Path) -> Iterator[Path]:
-    """Yield a fresh staging directory next to `out`; on success it replaces `out` atomically."""
+    """Yield a fresh staging directory next to `out`; on success it becomes `out` (a rename)."""
     replace = check_out_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = out.parent / f".{out.name}.tmp-{os.getpid()}"
@@ -123,8 +123,14 @@ def staged(out: Path) -> Iterator[Path]:
             os.replace(out, old)
             os.replace(stage, out)
             shutil.rmtree(old)  # verified above: only files a previous export wrote
+        elif out.exists():
+            # Keep the user's (empty) directory itself, e.g. a shell's working directory: move
+            # the entries in, the marker last, so export.json means the export is complete.
+            for entry in sorted(stage.iterdir(), key=lambda p: p.name == MARKER):
+                os.replace(entry, out / entry.name)
+            stage.rmdir()
         else:
-            os.replace(stage, out)  # rename(2) atomically replaces an empty directory
+            os.replace(stage, out)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,12 +25,17 @@ def export_run(
     run_dir: str | Path, fmt: str, out: str | Path, weights: str = "ema"
 ) -> ExportResult:
     """Export the run's latest good checkpoint (EMA weights by default) to `out` as `fmt`."""
-    run_dir, out = Path(run_dir), Path(out)
+    # abspath, not resolve: "--out ." gets a real name and parent, and symlinks stay visible
+    run_dir, out = Path(run_dir), Path(os.path.abspath(out))
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r}: unknown (allowed: {', '.join(FORMATS)})")
     check_out_dir(out)  # refuse early, before loading anything
     run = load_source(run_dir, weights)
-    if fmt == "diffusers":
+    if fmt == "diffusers" and getattr(run.config.model, "pretrained", None) is not None:
+        from difftrain.export.finetuned import write_finetuned  # a fine-tuned SD pipeline
+
+        write = write_finetuned
+    elif fmt == "diffusers":
         from difftrain.export.diffusers_fmt import check_exportable, write_diffusers
 
         check_exportable(run)
