@@ -164,6 +164,10 @@ def test_preset_and_conditioning_mismatches_are_config_errors():
         check_config(dit)
     with pytest.raises(ValueError, match="text.path"):
         Config(text={"encoder": "path"})
+    with pytest.raises(ConfigError, match="eval.every"):
+        check_config(
+            cfg_for().model_copy(update={"eval": Config().eval.model_copy(update={"every": 10})})
+        )
 
 
 def test_pretrained_text_encoder_from_a_local_directory_is_frozen(tmp_path):

@@ -117,6 +117,14 @@ def test_sample_with_prompts_and_a_negative_prompt(text_run, tmp_path):
         )
 
 
+def test_sample_without_a_prompt_uses_the_empty_prompt(text_run, tmp_path):
+    invoke("sample", text_run, "--num", 2, "--steps", 2, "--out", tmp_path / "a")
+    invoke("sample", text_run, "--prompt", "", "--num", 2, "--steps", 2, "--out", tmp_path / "b")
+    for i in range(2):
+        a = np.asarray(Image.open(tmp_path / "a" / f"{i:06d}.png"))
+        assert np.array_equal(a, np.asarray(Image.open(tmp_path / "b" / f"{i:06d}.png")))
+
+
 def test_bad_prompt_inputs_exit_2(text_run, tmp_path):
     res = invoke("sample", text_run, "--prompt-file", tmp_path / "nope.txt", "--out", tmp_path / "o",
                  code=2)  # fmt: skip

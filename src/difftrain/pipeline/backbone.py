@@ -29,6 +29,13 @@ def model_preset(cfg: Config) -> UNetPreset | DiTPreset:
 def check_model(cfg: Config, preset: UNetPreset | DiTPreset) -> None:
     """Preset internals (levels, group norm) and that the preset fits the conditioning."""
     name, text = cfg.model.preset, uses_text(cfg)
+    if text and cfg.eval.every:
+        # The in-training evaluator conditions samples on class labels, which a text model
+        # cannot read; fail here rather than at the first evaluation, hours in.
+        raise ConfigError(
+            f"eval.every = {cfg.eval.every}: in-training evaluation does not support text "
+            "conditioning yet; set eval.every = 0"
+        )
     if isinstance(preset, DiTPreset):
         return  # class or text: DiT serves both
     if preset.cross_attention and not text:

@@ -197,9 +197,10 @@ def _condition(
         text = getattr(req, name)
         if text is not None and len(text) > limits.max_prompt_chars:
             raise ConfigError(f"{name}: {len(text)} characters; at most {limits.max_prompt_chars}")
-    if req.prompt is not None or req.negative_prompt is not None:
+    text_model = getattr(run, "text", None) is not None
+    if req.prompt is not None or req.negative_prompt is not None or text_model:
         # Hook for text-conditioned models: a run that can encode prompts exposes
-        # `encode_prompts(prompts, negative, num) -> (cond rows, null cond)`.
+        # `encode_prompts(prompts, negative, num) -> (cond rows, null cond)`; no prompt is "".
         encode = getattr(run, "encode_prompts", None)
         if encode is None or getattr(run, "text", True) is None:
             raise ConfigError(
@@ -207,7 +208,7 @@ def _condition(
                 + (" or choose a class with class_label" if k is not None else "")
             )
         if req.class_label is not None:
-            raise ConfigError("give either prompt or class_label, not both")
+            raise ConfigError("class_label: this model is text-conditioned; give a prompt instead")
         return encode([req.prompt or ""] * req.num, req.negative_prompt, req.num)
     if req.class_label is not None:
         if k is None:
