@@ -99,4 +99,11 @@ def serve(
         markup=False,
         highlight=False,
     )
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        timeout_graceful_shutdown=5,
+        limit_concurrency=max(64, 4 * max_queue),  # open connections beyond this get 503
+    )

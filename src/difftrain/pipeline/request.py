@@ -16,7 +16,7 @@ import torch
 
 from difftrain.config import ConfigError
 from difftrain.data.transforms import to_uint8
-from difftrain.pipeline.build import build_sigmas, sampler_options
+from difftrain.pipeline.build import build_sigmas, check_schedule, sampler_options
 from difftrain.pipeline.generate import default_labels, generate
 from difftrain.pipeline.inputs import ImageSource, load_init_image, load_mask
 from difftrain.pipeline.run import LoadedRun
@@ -158,7 +158,8 @@ def plan_request(run: LoadedRun, req: GenerationRequest, limits: Limits = Limits
     if s_churn is None and sampler == "edm-stochastic":
         s_churn = cfg.sample.s_churn
     options = sampler_options(sampler, eta, s_churn)
-    sigmas = build_sigmas(cfg, steps, schedule)  # ConfigError for a schedule the model lacks
+    check_schedule(cfg.diffusion.objective, schedule)  # also "" (build_sigmas would default it)
+    sigmas = build_sigmas(cfg, steps, schedule)
     interval = req.guidance_interval
     if interval is None:
         interval = cfg.sample.guidance_interval

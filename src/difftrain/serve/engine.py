@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from difftrain.config import ConfigError
 from difftrain.pipeline.request import (
     GenerationRequest,
     ImageBatch,
@@ -134,7 +133,7 @@ class Engine:
                 continue
             try:
                 job.plan, job.served = plan_request(served.run, job.request, self.limits), served
-            except ConfigError as err:
+            except Exception as err:  # ConfigError (model changed) or anything else: this job only
                 self.pending.remove(job)
                 self._release()
                 if not job.future.done():
