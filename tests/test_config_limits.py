@@ -163,3 +163,13 @@ def test_not_utf8_config_is_a_config_error(tmp_path):
     path.write_bytes("data:\n  path: caf\xe9\n".encode("latin-1"))
     res = runner.invoke(app, ["train", str(path), "--dry-run"])
     assert res.exit_code == 2 and "UTF-8" in res.output, res.output
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [("--seed", str(10**20)), ("--num", str(10**9)), ("--steps", str(10**9))],
+)
+def test_evaluate_options_are_bounded_like_the_config(tmp_path, option, value):
+    res = runner.invoke(app, ["evaluate", str(tmp_path), option, value])
+    assert res.exit_code == 2, res.output
+    assert f"'{option}'" in res.output and "less than or equal" in res.output

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from difftrain.cli.common import console, handle_errors
+from difftrain.config.schema import MAX_EVAL_IMAGES, MAX_SAMPLER_STEPS, MAX_SEED
 
 
 @handle_errors
@@ -15,13 +16,17 @@ def evaluate(
     metrics: str = typer.Option(
         "fid,kid,pr,acc", "--metrics", help="Comma list of fid,kid,pr,nll,acc."
     ),
-    num: int = typer.Option(1000, "--num", min=4, help="Generated (and real) images to compare."),
+    num: int = typer.Option(
+        1000, "--num", min=4, max=MAX_EVAL_IMAGES, help="Generated (and real) images to compare."
+    ),
     sampler: str = typer.Option("heun", "--sampler", help="Sampler name."),
-    steps: int = typer.Option(18, "--steps", min=1, help="Sampler steps."),
+    steps: int = typer.Option(18, "--steps", min=1, max=MAX_SAMPLER_STEPS, help="Sampler steps."),
     features: str = typer.Option(
         "domain", "--features", help="'domain' (trained CNN) or 'inception'."
     ),
-    seed: int = typer.Option(0, "--seed", min=0, help="Sample i depends only on (seed, i)."),
+    seed: int = typer.Option(
+        0, "--seed", min=0, max=MAX_SEED, help="Sample i depends only on (seed, i)."
+    ),
     guidance: float = typer.Option(
         1.0, "--guidance", min=0.0, help="Classifier-free guidance weight."
     ),
@@ -37,8 +42,12 @@ def evaluate(
         "--inception-weights",
         help="FID Inception weight file (or $DIFFTRAIN_INCEPTION_WEIGHTS).",
     ),
-    nll_num: int | None = typer.Option(None, "--nll-num", min=1, help="Held-out images for nll."),
-    nll_steps: int | None = typer.Option(None, "--nll-steps", min=2, help="ODE steps for nll."),
+    nll_num: int | None = typer.Option(
+        None, "--nll-num", min=1, max=MAX_EVAL_IMAGES, help="Held-out images for nll."
+    ),
+    nll_steps: int | None = typer.Option(
+        None, "--nll-steps", min=2, max=MAX_SAMPLER_STEPS, help="ODE steps for nll."
+    ),
     out: Path | None = typer.Option(
         None, "--out", help="Directory for eval.json (default: the run dir)."
     ),
