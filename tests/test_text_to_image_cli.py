@@ -125,6 +125,18 @@ def test_sample_without_a_prompt_uses_the_empty_prompt(text_run, tmp_path):
         assert np.array_equal(a, np.asarray(Image.open(tmp_path / "b" / f"{i:06d}.png")))
 
 
+def test_streamed_captions_train_a_byte_tokenizer_model(text_run, tmp_path):
+    run = tmp_path / "stream"
+    invoke("train", text_run / "config.yaml", "--set", f"train.run_dir={run}",
+           "--set", "data.loader=stream", "--set", "data.workers=0",
+           "--set", "text.tokenizer=byte", "--set", "train.max_steps=2")  # fmt: skip
+    assert (run / "checkpoints" / "step-0000002").is_dir()
+    assert not (run / "text").exists()  # bytes need no tokenizer file
+    res = invoke("train", text_run / "config.yaml", "--set", f"train.run_dir={tmp_path / 's2'}",
+                 "--set", "data.loader=stream", "--set", "data.workers=0", code=2)  # fmt: skip
+    assert "text.tokenizer = 'byte'" in res.output  # BPE needs every caption up front
+
+
 def test_bad_prompt_inputs_exit_2(text_run, tmp_path):
     res = invoke("sample", text_run, "--prompt-file", tmp_path / "nope.txt", "--out", tmp_path / "o",
                  code=2)  # fmt: skip

@@ -46,7 +46,10 @@ class TextDiffusionTask(DiffusionTask):
 
     def __init__(self, cfg: Config, data, val, latents=None):
         captions = training_captions(data)
-        if captions is None:
+        # A streamed dataset's captions arrive with its batches (checked there); only the BPE
+        # tokenizer needs them all up front, and says so when they are missing.
+        streamed = cfg.data.loader == "stream" and cfg.latent.autoencoder is None
+        if captions is None and not streamed:
             raise ConfigError(
                 f"text.encoder = {cfg.text.encoder!r} needs captions, and the data has none; "
                 "add metadata.jsonl / metadata.csv or .txt side-cars, or set "
@@ -55,7 +58,7 @@ class TextDiffusionTask(DiffusionTask):
         super().__init__(cfg, None, latents)
         self.text = TextConditioning.open(cfg, cfg.train.run_dir, captions)
         self.val_captions = getattr(val, "captions", None)
-        self.prompts = grid_prompts(cfg, self.val_captions, captions)
+        self.prompts = grid_prompts(cfg, self.val_captions, captions or [])
 
     def condition(self, batch, rows: slice, gen: torch.Generator) -> torch.Tensor:
         """Token ids of the micro-batch's captions, some dropped to "" (the guidance null)."""
