@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
+import struct
+
 import numpy as np
 import pytest
 import torch
@@ -121,13 +124,26 @@ def test_array_sources_still_work(tmp_path):
         cfg_for("data.source=npz", f"data.path={tmp_path / 'a.npz'}", "data.resolution=6")
     )
     assert torch.equal(npz.images, torch.from_numpy(imgs).permute(0, 3, 1, 2))
+    # IDX files made here (the Fashion-MNIST package is only installed by `make demo`): images
+    # gzipped as distributed, labels plain; a directory named *fashion* gets its class names.
+    idx_dir = tmp_path / "fashion-mnist"
+    idx_dir.mkdir()
+    pixels = np.random.default_rng(1).integers(0, 256, (120, 28, 28), dtype=np.uint8)
+    labels = np.arange(120, dtype=np.uint8) % 10
+    with gzip.open(idx_dir / "train-images-idx3-ubyte.gz", "wb") as f:
+        f.write(bytes([0, 0, 8, 3]) + struct.pack(">III", 120, 28, 28) + pixels.tobytes())
+    (idx_dir / "train-labels-idx1-ubyte").write_bytes(
+        bytes([0, 0, 8, 1]) + struct.pack(">I", 120) + labels.tobytes()
+    )
     idx = load_data(
         cfg_for(
             "data.source=idx",
-            "data.path=/usr/share/datasets/fashion-mnist",
+            f"data.path={idx_dir}",
             "data.channels=1",
             "data.resolution=28",
             "data.max_images=100",
         )
     )
     assert idx.images.shape == (100, 1, 28, 28) and idx.class_names[0] == "T-shirt/top"
+    assert torch.equal(idx.images[:, 0], torch.from_numpy(pixels[:100]))
+    assert idx.labels.tolist() == (labels[:100] % 10).tolist()
