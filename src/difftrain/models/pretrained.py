@@ -159,6 +159,33 @@ def lora_layers(module: nn.Module) -> dict[str, torch.Tensor]:
     return convert_state_dict_to_diffusers(get_peft_model_state_dict(module))
 
 
+LORA_FILE = "pytorch_lora_weights.safetensors"  # the name load_lora_weights looks for
+
+
+def write_lora_file(unet: nn.Module, text_encoder: nn.Module | None, out_dir: Path) -> Path:
+    """Save the adapters as one diffusers LoRA safetensors file (atomically replaced)."""
+    import os
+    import shutil
+    import uuid
+
+    from diffusers import StableDiffusionPipeline
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / f".tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        StableDiffusionPipeline.save_lora_weights(
+            tmp,
+            unet_lora_layers=lora_layers(unet),
+            text_encoder_lora_layers=None if text_encoder is None else lora_layers(text_encoder),
+            safe_serialization=True,
+        )
+        os.replace(tmp / LORA_FILE, out_dir / LORA_FILE)
+    finally:
+        if tmp.exists():  # ours
+            shutil.rmtree(tmp)
+    return out_dir / LORA_FILE
+
+
 def merge_lora(module: nn.Module) -> nn.Module:
     """Fold every LoRA adapter into its base layer and remove it (in place); returns `module`."""
     from peft.tuners.tuners_utils import BaseTunerLayer

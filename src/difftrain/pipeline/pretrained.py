@@ -108,7 +108,9 @@ def resolve_pretrained(cfg: Config) -> Config:
             )
         return cfg
     if cfg.model.kind != "diffusion":
-        raise ConfigError("model.pretrained fine-tunes a diffusion model: set model.kind = diffusion")
+        raise ConfigError(
+            "model.pretrained fine-tunes a diffusion model: set model.kind = diffusion"
+        )
     path = pipeline_path(cfg)
     mapped = scheduler_diffusion(path)
     sigmas = vp_sigmas(make_alphas_cumprod(
@@ -206,5 +208,6 @@ def build_pretrained_backbone(cfg: Config) -> nn.Module:
     if ft.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         if ft.train_text_encoder:
-            text.model.gradient_checkpointing_enable()
+            enable = getattr(text.model, "activation_checkpointing_enable", None)  # transformers 5
+            (enable or text.model.gradient_checkpointing_enable)()
     return PretrainedUNetBackbone(unet, text, cache_text=ft.cache_text_embeddings)

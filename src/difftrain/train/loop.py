@@ -13,9 +13,9 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from difftrain.config import Config, ConfigError, dump_config
+from difftrain.diffusion.loss import SlicedGenerator, rand_on
 from difftrain.eval.evaluate import TrainingEvaluator
 from difftrain.pipeline.build import check_config
-from difftrain.pipeline.pretrained import resolve_pretrained
 from difftrain.pipeline.checkpoint import (
     CheckpointError,
     clean_stale_tmp,
@@ -29,6 +29,7 @@ from difftrain.pipeline.checkpoint import (
     write_checkpoint,
     write_text_atomic,
 )
+from difftrain.pipeline.pretrained import resolve_pretrained
 from difftrain.train.batches import open_batches, validation_tensors
 from difftrain.train.data_watch import WatchedBatches
 from difftrain.train.ema import EMA, EMABank, ema_beta
@@ -68,6 +69,7 @@ class RunState:
     since_improvement: int = 0
     bad_streak: int = 0  # consecutive skipped steps: a restart mid-streak continues it
     rollbacks: int = 0  # so train.max_rollbacks counts over restarts too
+    scaler: dict = field(default_factory=dict)  # fp16 GradScaler: scale and growth tracker
 
     @classmethod
     def load(cls, state: dict, path: Path) -> RunState:
@@ -174,6 +176,8 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
     )
     if start_ckpt is not None:
         restore(start_ckpt)
+        if acc.scaler is not None and st.scaler:  # else a resumed fp16 run re-learns its scale
+            acc.scaler.load_state_dict(st.scaler)
         acc.print(f"resumed from {start_ckpt} at step {st.step}")
     install_activation_faults(faults, acc.unwrap_model(denoiser), lambda: st.step)
 
@@ -208,6 +212,7 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
             loss_spikes.state(),
             grad_spikes.state(),
         )
+        st.scaler = acc.scaler.state_dict() if acc.scaler is not None else {}
         opt_tensors, opt_skeleton = flatten_state(optimizer.state_dict())
         aux_tensors, aux_json = task.aux_state()  # e.g. the discriminator and its optimizer
         state = {
@@ -246,15 +251,17 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
         cond = task.condition(batch, rows, gen)  # text: caption ids, some dropped to ""
         if cond is None and batch.labels is not None:
             cond = batch.labels[rows].clone()
-            cond[torch.rand(len(cond), generator=gen) < tc.label_dropout] = (
+            cond[rand_on((len(cond),), gen, "cpu") < tc.label_dropout] = (
                 data.num_classes
             )  # null class
         return batch.x[rows].to(acc.device), None if cond is None else cond.to(acc.device)
 
     def step_generators(step: int) -> torch.Generator:
-        # Randomness of a step is a function of (seed, step, rank): resume needs no RNG state.
+        # Randomness of a step is a function of (seed, step): resume needs no RNG state. Every
+        # process draws σ, noise and label dropout for the whole micro-batch and keeps its rows,
+        # so N processes × B rows train like 1 process × N·B rows (model dropout stays per rank).
         torch.manual_seed(mix_seed(tc.seed, step, rank, 1))  # dropout
-        return torch.Generator().manual_seed(mix_seed(tc.seed, step, rank, 2))
+        return SlicedGenerator(mix_seed(tc.seed, step, 0, 2), micro, rank * per_proc, per_proc)
 
     def forensics(step: int, batch) -> dict:
         """Replay the first micro-batch of a bad step with hooks; write forensics.json."""
@@ -419,7 +426,7 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
 
         # Validation (and sample-quality evaluation when due): best-k and early stopping.
         if st.step % tc.checkpoint_every == 0 or at_end:
-            if acc.is_main_process and val_n:
+            if acc.is_main_process and (val_n or getattr(task, "validates_without_data", False)):
                 metrics = task.validate(ema.model, val_x, val_y, acc.device)
                 if evaluator is not None and evaluator.due(st.step):
                     metrics.update(evaluator(ema.model, st.step))

@@ -88,6 +88,10 @@ def build_task(cfg: Config, data, val: ImageData, device: torch.device | str = "
         reference = getattr(data, "data", val)  # in-memory training images; streamed: validation
         return AutoencoderTask(cfg, to_model_range(reference.images[: cfg.autoencoder.scaling_images]),
                                val, device)  # fmt: skip
+    if getattr(cfg.model, "pretrained", None) is not None:  # SD fine-tuning: LoRA, DreamBooth
+        from difftrain.train.finetune_task import FinetuneTask
+
+        return FinetuneTask(cfg, data, val, getattr(data, "latents", None), device)
     if cfg.text.encoder != "none":  # captions → token ids; the backbone owns the text encoder
         from difftrain.train.text_task import TextDiffusionTask
 
