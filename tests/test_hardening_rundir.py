@@ -325,6 +325,39 @@ def test_fp16_run_with_a_cpu_grad_scaler_survives_a_skipped_step(tmp_path, monke
     assert reasons == {"fp16_overflow", "nonfinite_loss"}
 
 
+def test_fp16_resume_restores_the_grad_scaler(tmp_path, monkeypatch):
+    """A resumed fp16 run continues with the saved loss scale, so it equals an uninterrupted one
+    (before: the scale restarted at 2^16 and the resumed run skipped steps the original did not)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    import difftrain.train.loop as loop
+
+    def with_cpu_scaler(**kw):
+        AcceleratorState._reset_state(True)
+        acc = Accelerator(**kw)
+        acc.scaler, acc.native_amp = torch.amp.GradScaler("cpu"), True
+        return acc
+
+    monkeypatch.setattr(loop, "Accelerator", with_cpu_scaler)
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    extra = {"train.max_steps": 6, "train.checkpoint_every": 3, "train.mixed_precision": "fp16",
+             "train.posthoc_ema_sigma_rels": "[]"}  # fmt: skip
+    try:
+        res = train(fast(ref, **extra), monkeypatch)
+        assert res.exit_code == 0, res.output + repr(res.exception)
+        shutil.copytree(ref, run)
+        shutil.rmtree(run / "checkpoints/step-0000006")  # as if killed after step 3
+        res = train(fast(run, **extra), monkeypatch, "", "--resume")
+        assert res.exit_code == 0, res.output + repr(res.exception)
+    finally:
+        AcceleratorState._reset_state(True)
+    state = json.loads((ref / "checkpoints/step-0000003/state.json").read_text())["run"]
+    assert state["scaler"]["scale"] < 2.0**16  # it backed off before step 3
+    assert losses(run) == losses(ref)
+    assert all(torch.equal(v, weights(ref, 6)[k]) for k, v in weights(run, 6).items())
+
+
 # ---- 6. bad_streak and the rollback count survive a restart ----
 
 
