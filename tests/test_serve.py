@@ -448,3 +448,18 @@ def test_serves_a_safetensors_export_with_the_runs_images(server, run_dir, tmp_p
     with client(url) as c:
         want = c.post("/v1/generate", json=body, headers=AUTH).json()
     assert got["model"] == "st:export" and got["images"] == want["images"]
+
+
+def test_best_checkpoint_follows_best_json_and_distrusts_it(tmp_path):
+    from difftrain.serve.models import best_checkpoint
+
+    run_dir = make_run(tmp_path / "run", step=1)
+    add_checkpoint(run_dir, 2, 10, init_seed=1)
+    best = run_dir / "checkpoints/best.json"
+    best.write_text(json.dumps({"best": [{"checkpoint": "step-0000001", "step": 1}]}))
+    assert best_checkpoint(run_dir).name == "step-0000001"  # the best, not the newest
+    for bad in ['{"best": [{"checkpoint": "../../x"}]}', "{not json", '{"best": []}', "[]"]:
+        best.write_text(bad)
+        assert best_checkpoint(run_dir) is None  # keep serving what we have
+    best.unlink()
+    assert best_checkpoint(run_dir).name == "step-0000002"  # no best.json: the newest good

@@ -36,11 +36,15 @@ def _step(path: Path) -> int:
 
 
 def best_checkpoint(run_dir: Path) -> Path | None:
-    """The best checkpoint named by checkpoints/best.json, else the latest good one.
+    """The best checkpoint named by checkpoints/best.json; the latest good one if there is none.
 
-    best.json is untrusted: its name must look like `step-N` and resolve inside checkpoints/.
+    best.json is untrusted: its name must look like `step-N`, resolve inside checkpoints/ and
+    verify. A best.json that exists but fails any of this (or is being rewritten) gives None:
+    the caller keeps what it has rather than fall back to a checkpoint that is not the best.
     """
     root = run_dir / "checkpoints"
+    if not (root / "best.json").exists():
+        return latest_good_checkpoint(root)
     try:
         best = json.loads((root / "best.json").read_text())["best"][0]["checkpoint"]
         if isinstance(best, str) and CHECKPOINT_NAME.match(best):
@@ -48,16 +52,16 @@ def best_checkpoint(run_dir: Path) -> Path | None:
             if path.parent == root.resolve() and path.is_dir():
                 verify_checkpoint(path)
                 return path
-    except (OSError, ValueError, KeyError, IndexError, TypeError, CheckpointError):
-        pass  # no usable best.json: fall back to the newest checkpoint that verifies
-    return latest_good_checkpoint(root)
+    except (OSError, ValueError, KeyError, IndexError, TypeError, CheckpointError) as err:
+        log.warning("watch: %s/best.json not usable now: %s", root, err)
+    return None
 
 
 def load_served(path: Path, weights: str = "ema", checkpoint: Path | None = None) -> Served:
     """A run directory (its best checkpoint) or a safetensors export directory."""
     path = Path(path)
     if (path / "config.yaml").is_file():
-        ckpt = checkpoint or best_checkpoint(path)
+        ckpt = checkpoint or best_checkpoint(path) or latest_good_checkpoint(path / "checkpoints")
         if ckpt is None:
             raise CheckpointError(f"{path}: no complete checkpoint under checkpoints/; train first")
         run = load_run(path, weights=weights, checkpoint=ckpt)
