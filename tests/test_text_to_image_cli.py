@@ -156,3 +156,28 @@ def test_a_tampered_tokenizer_file_is_refused(text_run, tmp_path):
     res = invoke("sample", copy, "--prompt", "red square", "--num", 1, "--out", tmp_path / "o",
                  code=2)  # fmt: skip
     assert "tokenizer" in res.output
+
+
+def test_prompt_eval_script_on_a_text_run(text_run, tmp_path):
+    import importlib.util
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from difftrain.eval.features import FORMAT, FeatureNet, FeatureNetSpec, save_feature_net
+
+    spec = FeatureNetSpec(channels=3, num_classes=2, width=8, feature_dim=8)
+    info = {"format": FORMAT, "spec": asdict(spec), "class_names": ["red", "blue"]}
+    save_feature_net(FeatureNet(spec), info, tmp_path / "features")
+    prompts = tmp_path / "p.tsv"
+    prompts.write_text("red square\tred\nblue disc\tblue\n")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "prompt_eval.py"
+    mod_spec = importlib.util.spec_from_file_location("prompt_eval_script", script)
+    mod = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(mod)
+    out = tmp_path / "eval.json"
+    result = mod.main([str(text_run), "--prompts", str(prompts), "--feature-net",
+                       str(tmp_path / "features"), "--num", "2", "--steps", "2", "--out", str(out)])  # fmt: skip
+    saved = json.loads(out.read_text())
+    assert saved["prompt_accuracy"] == result["prompt_accuracy"]
+    assert set(saved["per_prompt"]) == {"red square", "blue disc"} and saved["chance"] == 0.5
+    assert saved["images"] == 4 and saved["reference_images"] == 2
