@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_PIN := torch==2.13.0
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: install install-dev system-deps system-deps-test demo demo-t2i test lint bench clean
+.PHONY: install install-dev system-deps system-deps-test demo demo-t2i demo-t2i-eval test lint bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -57,6 +57,12 @@ demo-t2i: install data-cache/emoji/metadata.jsonl
 		--prompt-file configs/emoji-prompts.txt --out runs/emoji-t2i/generated
 	cp runs/emoji-t2i/generated/grid.png runs/emoji-t2i/samples.png
 	@echo "Text-to-image samples, one row per prompt of configs/emoji-prompts.txt: runs/emoji-t2i/samples.png"
+
+# How often the demo's samples land in the prompt's emoji category (chance ~1/10), and FID in the
+# domain feature space: a classifier on the emoji.json categories, then 32 samples per prompt.
+demo-t2i-eval: install
+	$(BIN)/difftrain features train configs/emoji-t2i.yaml
+	$(BIN)/python scripts/prompt_eval.py runs/emoji-t2i --prompts configs/emoji-eval-prompts.tsv --num 32
 
 # Chromium renders report.html in a test (skipped without it). As root we install it; otherwise we say how.
 system-deps-test:
