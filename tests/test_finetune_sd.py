@@ -336,3 +336,50 @@ def test_text_state_cache_equals_encoder(lora_run):
     first, again = cache(ids, 3), cache(ids, 3)
     assert torch.equal(first, backbone.text(ids, 3)) and torch.equal(first, again)
     assert len(cache.rows) == 2  # the repeated row is encoded once
+
+
+def test_vae_stays_float32_under_mixed_precision(sd):
+    from difftrain.pipeline.latent import Latents, load_autoencoder
+
+    pipe, _ = sd
+    lat = Latents(load_autoencoder(pipe), 0.18215)
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    ref_mean, _ = lat.encode(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # what accelerate's autocast sets up
+        mean, _ = lat.encode(x)
+        img = lat.to_images(lat.to_model(mean))
+    assert mean.dtype == img.dtype == torch.float32 and torch.equal(mean, ref_mean)
+
+
+def test_sample_a_lora_run_with_a_prompt(lora_run, tmp_path):
+    res = invoke("sample", lora_run, "--num", 2, "--steps", 2, "--prompt", PROMPT,
+                 "--guidance", 3, "--out", tmp_path / "out")  # fmt: skip
+    assert len(list((tmp_path / "out").glob("*.png"))) >= 2, res.output
+
+
+def test_config_example_is_valid_and_placeholder_fails_clearly(sd, tmp_path):
+    from difftrain.config import load_config
+    from tests.conftest import REPO
+
+    example = REPO / "configs" / "sd15-lora.yaml"
+    cfg = load_config(example)
+    assert cfg.finetune.method == "lora" and cfg.finetune.gradient_checkpointing
+    res = invoke("train", example, "--dry-run", code=2)
+    assert "model.pretrained = '/path/to/stable-diffusion-v1-5'" in res.output
+    pipe, imgs = sd
+    invoke("train", example, "--dry-run", "--set", f"model.pretrained={pipe}", "--set",
+           f"data.path={imgs}", "--set", "data.resolution=32", "--set",
+           f"train.run_dir={tmp_path / 'r'}", "--set", "data.val_fraction=0.2")  # fmt: skip
+
+
+def test_sdxl_style_unet_refused(sd, tmp_path):
+    import shutil
+
+    pipe, imgs = sd
+    copy = tmp_path / "pipe"
+    shutil.copytree(pipe, copy)
+    conf = json.loads((copy / "unet" / "config.json").read_text())
+    conf["addition_embed_type"] = "text_time"
+    (copy / "unet" / "config.json").write_text(json.dumps(conf))
+    res = invoke("train", write_config(tmp_path / "c.yaml", copy, imgs, tmp_path / "r"), code=2)
+    assert "SDXL-style U-Net" in res.output

@@ -201,7 +201,8 @@ class Latents:
     def encode(self, pixels: torch.Tensor, generator: torch.Generator | None = None):
         """(mean, logvar) of the posterior, or one draw of x0 when `generator` is given."""
         dev = next(self.vae.parameters()).device
-        dist = self.vae.encode(pixels.to(dev, torch.float32)).latent_dist
+        with torch.autocast(dev.type, enabled=False):  # the VAE stays float32 (fp16 overflows)
+            dist = self.vae.encode(pixels.to(dev, torch.float32)).latent_dist
         if generator is None:
             return dist.mean, dist.logvar
         eps = torch.randn(dist.mean.shape, generator=generator).to(dev)
@@ -214,5 +215,6 @@ class Latents:
         out = []
         for i in range(0, len(x), batch_size):
             z = x[i : i + batch_size].to(dev, torch.float32) / self.scale + self.shift
-            out.append(self.vae.decode(z).sample.clamp(-1, 1).to(x.device))
+            with torch.autocast(dev.type, enabled=False):  # float32 decode under mixed precision
+                out.append(self.vae.decode(z).sample.clamp(-1, 1).to(x.device))
         return torch.cat(out) if out else x
