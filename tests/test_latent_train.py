@@ -129,6 +129,7 @@ def test_latent_config_errors_exit_2(tiny_args, tmp_path):
         "data.resolution=12": "divisible by 8 = 2 (the autoencoder's downsampling) × 4",
         "data.augment.rotate=0.5": "latent.cache = false",
         "data.channels=3": "takes 1-channel images",
+        "eval.every=10": "eval.every = 0",
         "latent.autoencoder=" + str(tmp_path / "nowhere"): "latent.autoencoder = ",
     }
     for setting, message in cases.items():
@@ -141,3 +142,15 @@ def test_latent_config_errors_exit_2(tiny_args, tmp_path):
         )
         assert res.exit_code == 2, (setting, res.output)
         assert message in res.output.replace("\n", " "), (setting, res.output)
+
+
+def test_damaged_cache_exits_2_and_dry_run_builds_the_cache(tiny_args, tmp_path):
+    ae, run = tiny_ae(tmp_path / "ae"), tmp_path / "run"
+    res = invoke("train", *latent_args(tiny_args, run, ae), "--dry-run")
+    assert "train_images: 270" in res.output and not (run / "checkpoints").exists()
+    (cache,) = (run / "latents").iterdir()
+    (cache / "manifest.json").write_text("{}")
+    res = runner.invoke(app, ["train", *[str(a) for a in latent_args(tiny_args, run, ae)]])
+    out = res.output.replace("\n", "").replace("│", "").replace(" ", "")
+    assert res.exit_code == 2 and "isdamaged" in out and cache.name in out
+    assert (cache / "shard-00000.mean.npy").is_file()  # nothing deleted
