@@ -463,3 +463,13 @@ def test_best_checkpoint_follows_best_json_and_distrusts_it(tmp_path):
         assert best_checkpoint(run_dir) is None  # keep serving what we have
     best.unlink()
     assert best_checkpoint(run_dir).name == "step-0000002"  # no best.json: the newest good
+
+
+def test_an_odd_run_directory_name_is_safe_in_headers(tmp_path):
+    run_dir = make_run(tmp_path / "运行 run\u00e9")
+    with serving(run_dir, settings()) as (url, _app), client(url) as c:
+        res = c.post("/v1/generate", json={"steps": 2}, headers=AUTH)
+        assert res.status_code == 200, res.text
+        assert res.json()["model"] == "运行 runé/step-0000001:ema"  # JSON carries it as is
+        assert res.headers["x-model"] == "%E8%BF%90%E8%A1%8C%20run%C3%A9/step-0000001:ema"
+        assert c.get("/v1/models", headers=AUTH).status_code == 200

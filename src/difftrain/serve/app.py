@@ -16,6 +16,7 @@ import time
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from importlib import resources
+from urllib.parse import quote
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -58,6 +59,11 @@ class ServeSettings:
     poll_s: float = 0.1  # how often a waiting request checks that its client is still there
 
 
+def header_value(name: str) -> str:
+    """A model name (from a directory name: untrusted) as a safe header: printable ASCII only."""
+    return quote(name, safe="/:@-._~+!$&'()*,;=")
+
+
 def _error(status: int, message: str, headers: dict | None = None, **extra) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
 
@@ -83,7 +89,7 @@ class Guard:
                 headers["X-Content-Type-Options"] = "nosniff"
                 headers["Cache-Control"] = "no-store"
                 if path not in PUBLIC and "x-model" not in headers:
-                    headers["X-Model"] = self.holder.current.name
+                    headers["X-Model"] = header_value(self.holder.current.name)
             await send(message)
 
         try:
@@ -209,7 +215,7 @@ def create_app(holder: ModelHolder, settings: ServeSettings | None = None) -> Fa
             return _error(500, "generation failed; see the server log")
         seconds = round(time.perf_counter() - t0, 4)
         pngs = await asyncio.to_thread(lambda: [_png(a) for a in result.images.numpy()])
-        headers = {"X-Model": result.model, "X-Seconds": str(seconds)}
+        headers = {"X-Model": header_value(result.model), "X-Seconds": str(seconds)}
         if want_png:
             headers.update({"X-Seed": str(req.seed), "X-Index": str(result.indices[0])})
             return Response(pngs[0], media_type="image/png", headers=headers)
