@@ -473,3 +473,24 @@ def test_an_odd_run_directory_name_is_safe_in_headers(tmp_path):
         assert res.json()["model"] == "运行 runé/step-0000001:ema"  # JSON carries it as is
         assert res.headers["x-model"] == "%E8%BF%90%E8%A1%8C%20run%C3%A9/step-0000001:ema"
         assert c.get("/v1/models", headers=AUTH).status_code == 200
+
+
+def _png_b64(img: Image.Image) -> str:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_init_image_and_mask_arrive_as_bytes_through_the_safe_decoder(server):
+    url, _ = server
+    init = _png_b64(Image.new("L", (16, 8), 100))
+    with client(url) as c:
+        res = c.post("/v1/generate", json={"init_image": init, "strength": 0.0}, headers=AUTH)
+        assert res.status_code == 200, res.text
+        assert (decode(res.json()["images"][0]) == 100).all()  # strength 0: the fitted input
+        mask = _png_b64(Image.new("L", (9, 9), 255))
+        res = c.post("/v1/generate", json={"init_image": init, "mask": mask}, headers=AUTH)
+        assert res.status_code == 422 and "is 9x9 but the init image is 16x8" in res.text
+        # a path is not an image: clients never name server files
+        res = c.post("/v1/generate", json={"init_image": "/etc/passwd"}, headers=AUTH)
+        assert res.status_code == 422
