@@ -10,16 +10,50 @@ from __future__ import annotations
 import torch
 
 
+class SlicedGenerator(torch.Generator):
+    """A generator shared by all processes of a data-parallel step that draws for the whole
+    global micro-batch (`total` rows) and hands back this process's rows [start, start + n).
+
+    Every process makes the same draws in the same order, so an example's noise and σ depend on
+    its global row only, not on the process count: 2 processes × batch B train exactly like
+    1 process × batch 2B. With one process (start 0, n = total) it is a plain generator.
+    Draws through `randn_on`/`rand_on`/`randint_on` of n rows are sliced; others are plain.
+    """
+
+    def __new__(cls, seed: int, total: int, start: int, n: int):
+        return super().__new__(cls)  # torch.Generator's constructor takes only a device
+
+    def __init__(self, seed: int, total: int, start: int, n: int):
+        super().__init__()
+        self.manual_seed(seed)
+        self.total, self.start, self.n = total, start, n
+
+
+def _draw(fn, shape, generator, device) -> torch.Tensor:
+    """fn(shape, generator, device) on the generator's device, sliced for a SlicedGenerator."""
+    shape = tuple(shape)
+    gen_device = generator.device if generator is not None else device
+    if isinstance(generator, SlicedGenerator) and shape and shape[0] == generator.n:
+        full = fn((generator.total, *shape[1:]), generator, gen_device)
+        return full[generator.start : generator.start + generator.n].to(device)
+    return fn(shape, generator, gen_device).to(device)
+
+
 def randn_on(shape, generator: torch.Generator | None, device) -> torch.Tensor:
     """Standard normal drawn on the generator's device (the loop's generator is a CPU one)."""
-    gen_device = generator.device if generator is not None else device
-    return torch.randn(tuple(shape), generator=generator, device=gen_device).to(device)
+    return _draw(lambda s, g, d: torch.randn(s, generator=g, device=d), shape, generator, device)
 
 
 def rand_on(shape, generator: torch.Generator | None, device) -> torch.Tensor:
     """Uniform [0, 1) drawn on the generator's device."""
-    gen_device = generator.device if generator is not None else device
-    return torch.rand(tuple(shape), generator=generator, device=gen_device).to(device)
+    return _draw(lambda s, g, d: torch.rand(s, generator=g, device=d), shape, generator, device)
+
+
+def randint_on(high: int, n: int, generator: torch.Generator | None, device="cpu") -> torch.Tensor:
+    """n uniform integers in [0, high) drawn on the generator's device."""
+    return _draw(
+        lambda s, g, d: torch.randint(high, s, generator=g, device=d), (n,), generator, device
+    )
 
 
 def training_noise(

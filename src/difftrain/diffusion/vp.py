@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from difftrain.diffusion.betas import vp_sigmas
-from difftrain.diffusion.loss import denoising_loss, training_noise
+from difftrain.diffusion.loss import denoising_loss, randint_on, training_noise
 from difftrain.diffusion.precond import Preconditioned
 from difftrain.diffusion.weighting import Weighting
 
@@ -101,7 +101,7 @@ class VPLoss:
     def sample_timesteps(self, n: int, generator: torch.Generator | None) -> torch.Tensor:
         """Uniform integer timesteps (on the generator's device, CPU by default)."""
         device = generator.device if generator is not None else "cpu"
-        return torch.randint(len(self.sigmas), (n,), generator=generator, device=device)
+        return randint_on(len(self.sigmas), n, generator, device)
 
     def __call__(
         self,

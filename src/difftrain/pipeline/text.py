@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from difftrain.config import Config, ConfigError
+from difftrain.diffusion.loss import rand_on
 from difftrain.models.text import (
     BPETokenizer,
     ByteTokenizer,
@@ -112,7 +113,7 @@ def encode_prompts(tokenizer, prompts: list[str]) -> torch.Tensor:
 
 def drop_captions(captions: list[str], rate: float, gen: torch.Generator) -> list[str]:
     """Each caption replaced by "" with probability `rate` (one uniform draw per caption)."""
-    drop = torch.rand(len(captions), generator=gen) < rate
+    drop = rand_on((len(captions),), gen, "cpu") < rate  # sliced: same for any process count
     return ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
 
 

@@ -49,8 +49,11 @@ class MemoryBatches:
         gen = torch.Generator().manual_seed(
             mix_seed(self.cfg.train.seed, self.stream.epoch, self.stream.cursor, 3)
         )
-        idx = self.stream.next(self.cfg.train.batch_size)[self.rows]
-        x = augment_batch(to_model_range(self.data.images[idx]), self.cfg.data, gen)
+        # Augment the whole global batch, then keep this process's rows: a row's flip is the
+        # same for any process count (one process: identical to augmenting its rows).
+        every = self.stream.next(self.cfg.train.batch_size)
+        x = augment_batch(to_model_range(self.data.images[every]), self.cfg.data, gen)[self.rows]
+        idx = every[self.rows]
         labels = None if self.data.labels is None else self.data.labels[idx]
         files, ids = self.data.files, self.data.ids
         keys = [
@@ -77,6 +80,7 @@ class LatentVal:
     x: torch.Tensor
     labels: torch.Tensor | None
     captions: list[str] | None = None  # text models validate on the held-out captions
+    latents: object = None  # the run's codec (pipeline.latent.Latents), for decoding samples
 
     def __len__(self) -> int:
         return len(self.x)
@@ -109,12 +113,15 @@ class LatentBatches:
     def next(self) -> Batch:
         s = self.stream
         gen = torch.Generator().manual_seed(mix_seed(self.cfg.train.seed, s.epoch, s.cursor, 4))
-        idx = self.idx[s.next(self.cfg.train.batch_size)[self.rows]]
-        flip = (torch.rand(len(idx), generator=gen) < self.flip_p).long()
+        b = self.cfg.train.batch_size
+        idx = self.idx[s.next(b)[self.rows]]
+        # Draws for the whole global batch, kept for this process's rows (any process count).
+        flip = (torch.rand(b, generator=gen) < self.flip_p).long()[self.rows]
         mean, logvar = self.cache.gather(idx, flip)
         z = mean
         if self.cfg.latent.sample_posterior:
-            z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=gen)
+            eps = torch.randn((b, *mean.shape[1:]), generator=gen)[self.rows]
+            z = mean + torch.exp(0.5 * logvar) * eps
         labels = None if self.cache.labels is None else self.cache.labels[idx]
         caps = self.cache.captions
         captions = None if caps is None else [caps[i] for i in idx.tolist()]
@@ -124,7 +131,7 @@ class LatentBatches:
         """Posterior means (unflipped) of `rows`: deterministic, like the pixel validation set."""
         mean, _ = self.cache.gather(rows)
         labels = None if self.cache.labels is None else self.cache.labels[rows]
-        return LatentVal(self.latents.to_model(mean), labels, self._captions(rows))
+        return LatentVal(self.latents.to_model(mean), labels, self._captions(rows), self.latents)
 
     def state(self) -> dict:
         return self.stream.state()
@@ -192,7 +199,7 @@ def open_latent_batches(cfg: Config, rank: int, world: int, state: dict, run_dir
         val_y = None if val.labels is None else val.labels[:val_cap]
         inner = MemoryBatches(data, cfg, rank, world, state)
         val_c = None if val.captions is None else val.captions[:val_cap]
-        return EncodingBatches(inner, latents, cfg), LatentVal(val_x, val_y, val_c)
+        return EncodingBatches(inner, latents, cfg), LatentVal(val_x, val_y, val_c, latents)
     cache_dir = Path(lc.cache_dir or Path(tc.run_dir) / "latents")
     inputs = cache_inputs(cfg.data, ae_hash, exclude=(cache_dir, Path(tc.run_dir)))
 
