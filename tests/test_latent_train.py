@@ -129,12 +129,14 @@ def test_latent_config_errors_exit_2(tiny_args, tmp_path):
         "data.resolution=12": "divisible by 8 = 2 (the autoencoder's downsampling) × 4",
         "data.augment.rotate=0.5": "latent.cache = false",
         "data.channels=3": "takes 1-channel images",
-        "eval.every=10": "eval.every = 0",
+        "eval.metrics=[fid,nll]": "remove nll from eval.metrics",
         "latent.autoencoder=" + str(tmp_path / "nowhere"): "latent.autoencoder = ",
     }
     for setting, message in cases.items():
         key, value = setting.split("=", 1)
         extra = {key: value}
+        if key == "eval.metrics":
+            extra.update({"eval.every": 6, "train.best_metric": "val/loss"})
         if key == "data.resolution":
             extra["model.preset"] = "unet-small"
         res = runner.invoke(
@@ -154,3 +156,14 @@ def test_damaged_cache_exits_2_and_dry_run_builds_the_cache(tiny_args, tmp_path)
     out = res.output.replace("\n", "").replace("│", "").replace(" ", "")
     assert res.exit_code == 2 and "isdamaged" in out and cache.name in out
     assert (cache / "shard-00000.mean.npy").is_file()  # nothing deleted
+
+
+def test_in_training_evaluation_decodes_latent_samples(tiny_args, tmp_path):
+    ae, run = tiny_ae(tmp_path / "ae"), tmp_path / "run"
+    feats = ["--set", "features.width=8", "--set", "features.feature_dim=16"]
+    invoke("features", "train", *tiny_args(run), *feats, "--set", "features.epochs=1")
+    sets = {"eval.every": 6, "eval.num": 20, "eval.steps": 2, "eval.metrics": "[fid,acc]"}
+    invoke("train", *latent_args(tiny_args, run, ae, **{"train.max_steps": 6, **sets}))
+    rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
+    (row,) = [r for r in rows if "eval/fid_domain" in r]
+    assert row["step"] == 6 and 0 <= row["eval/acc"] <= 1

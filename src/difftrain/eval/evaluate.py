@@ -240,7 +240,9 @@ class TrainingEvaluator:
     returns (keys 'eval/…', plain floats). Costs one generation of `eval.num` images.
     """
 
-    def __init__(self, cfg: Config, train: ImageData, val: ImageData, device="cpu"):
+    def __init__(
+        self, cfg: Config, train: ImageData, val: ImageData, device="cpu", to_images=None
+    ):
         from difftrain.samplers import SAMPLERS
 
         e = cfg.eval
@@ -252,13 +254,26 @@ class TrainingEvaluator:
         reference, self.reference_split = reference_images(train, val, e.num, e.seed)
         self.quality = SampleQuality(reference, extractor, classifier, self.metrics, device)
         self.nll_data = val if len(val) else train
+        self.to_images = to_images  # latent runs: samples are decoded before their features
 
     @classmethod
     def from_config(
         cls, cfg: Config, train: ImageData, val: ImageData, device="cpu"
     ) -> TrainingEvaluator | None:
-        """None when eval.every = 0 (in-training evaluation off)."""
-        return cls(cfg, train, val, device) if cfg.eval.every > 0 else None
+        """None when eval.every = 0 (in-training evaluation off).
+
+        A latent run's validation set carries its codec (`val.latents`): the real images are
+        then read in pixels, with the same split, and samples are decoded before comparing.
+        """
+        if cfg.eval.every <= 0:
+            return None
+        latents = getattr(val, "latents", None)
+        if latents is not None:
+            from difftrain.data import load_data
+
+            train, val = load_data(cfg.data).split(cfg.data.val_fraction, cfg.train.seed)
+            return cls(cfg, train, val, device, to_images=latents.to_images)
+        return cls(cfg, train, val, device)
 
     def due(self, step: int) -> bool:
         return step % self.cfg.eval.every == 0 or step == self.cfg.train.max_steps
@@ -279,6 +294,7 @@ class TrainingEvaluator:
                 steps=e.steps,
                 seed=e.seed,
                 device=self.device,
+                to_images=self.to_images,
             )
             out = self.quality(fake, labels)
             if "nll" in self.metrics:

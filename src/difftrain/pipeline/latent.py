@@ -120,10 +120,10 @@ def check_latent_config(cfg: Config, unet_downsample: int) -> None:
             "latent.autoencoder does not combine with data.buckets or data.resize = "
             "'random_crop' (cached latents have one fixed geometry); turn those off"
         )
-    if cfg.eval.every:
+    if cfg.eval.every and "nll" in cfg.eval.metrics:
         raise ConfigError(
-            "eval.every > 0 is not supported with latent.autoencoder yet; set eval.every = 0 "
-            "and evaluate checkpoints with `difftrain evaluate RUN_DIR` (it decodes latents)"
+            "eval.metrics has nll: a latent model's likelihood would be of latents, not of "
+            "images; remove nll from eval.metrics"
         )
     a = cfg.data.augment
     uncached = [k for k in ("rotate", "resized_crop", "color_jitter") if getattr(a, k) > 0]
