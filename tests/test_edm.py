@@ -71,6 +71,13 @@ def test_loss_is_per_example_and_seeded():
     a = EDMLoss()(pre, x0, None, torch.Generator().manual_seed(3))
     b = EDMLoss()(pre, x0, None, torch.Generator().manual_seed(3))
     assert a.shape == (8,) and torch.equal(a, b)
+    c = EDMLoss()(pre, x0, None, torch.Generator().manual_seed(4))
+    assert (a != c).all()  # another seed draws other σ and noise for every example
+    # Per example: an example's loss depends on its own x0 only (here x0[0] changes).
+    x1 = x0.clone()
+    x1[0] += 1.0
+    d = EDMLoss()(pre, x1, None, torch.Generator().manual_seed(3))
+    assert d[0] != a[0] and torch.equal(d[1:], a[1:])
 
 
 def test_sigma_sampling_is_log_normal():

@@ -83,6 +83,7 @@ def test_kid_separates_distributions_and_reports_subset_spread():
     assert diff_mean > 10 * abs(same_mean)
     assert diff_std > 0  # subsets differ when the sets are smaller than subset_size
     assert M.kid(a, b, num_subsets=50, seed=1) == M.kid(a, b, num_subsets=50, seed=1)
+    assert M.kid(a, b, num_subsets=50, seed=2) != M.kid(a, b, num_subsets=50, seed=1)
 
 
 def test_precision_recall_identical_sets_are_one():

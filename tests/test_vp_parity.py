@@ -108,6 +108,31 @@ def test_learned_range_variance_matches_diffusers():
         torch.testing.assert_close(ours.float(), ref.float(), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_posterior_tables_are_the_gaussian_conditional_of_the_forward_process(kind):
+    """q(x_{t−1} | x_t, x0) by conditioning the joint Gaussian of the forward process
+    (x_{t−1} = √ᾱ_{t−1}·x0 + √(1−ᾱ_{t−1})·z, x_t = √α_t·x_{t−1} + √β_t·w), not by the formula
+    under test (Ho et al. 2020, Eq. 6-7): mean = m₁ + C₁₂/C₂₂·(x_t − m₂), var = C₁₁ − C₁₂²/C₂₂."""
+    ac = make_alphas_cumprod(kind, 1000)
+    tables = posterior_tables(ac)
+    ac_prev = torch.cat([torch.ones(1, dtype=torch.float64), ac[:-1]])
+    alpha = ac / ac_prev  # α_t = 1 − β_t
+    c11, c22 = 1 - ac_prev, 1 - ac  # Var(x_{t−1} | x0), Var(x_t | x0)
+    c12 = alpha.sqrt() * c11  # Cov(x_{t−1}, x_t | x0)
+    # mean = √ᾱ_{t−1}·x0 + c12/c22·(x_t − √ᾱ_t·x0): collect the x0 and x_t coefficients.
+    coef_xt = c12 / c22
+    coef_x0 = ac_prev.sqrt() - coef_xt * ac.sqrt()
+    var = c11 - c12**2 / c22
+    torch.testing.assert_close(tables["coef_xt"], coef_xt, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(tables["coef_x0"], coef_x0, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(tables["var"], var, rtol=1e-9, atol=1e-15)
+    assert tables["var"][0] == 0  # x_{−1} = x0 exactly
+    # The clipped log variance replaces only t = 0 (improved-diffusion); log β is log(1 − α).
+    torch.testing.assert_close(tables["log_var_clipped"][1:], var[1:].log())
+    assert tables["log_var_clipped"][0] == tables["log_var_clipped"][1]
+    torch.testing.assert_close(tables["log_beta"], (1 - alpha).log())
+
+
 def test_vlb_pieces_are_exact():
     g = torch.Generator().manual_seed(0)
     m1, m2 = (
