@@ -4,6 +4,7 @@ images (item 15)."""
 
 from __future__ import annotations
 
+import io
 import json
 import multiprocessing
 import struct
@@ -67,6 +68,10 @@ def test_merged_requests_equal_each_alone(run):
     assert merged[1].labels == [5, 5] and merged[1].indices == [0, 1]
     c = plan_request(run, GenerationRequest(num=1, seed=1, class_label=2, steps=4))
     assert c.batch_key() != a.batch_key()
+    png = io.BytesIO()
+    Image.new("L", (8, 8), 50).save(png, format="PNG")
+    i2i = plan_request(run, GenerationRequest(init_image=png.getvalue(), class_label=2, steps=3))
+    assert i2i.batch_key() is None  # img2img carries its own image: it runs alone
     with pytest.raises(ValueError):
         run_merged(run, [a, c])
 

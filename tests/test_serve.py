@@ -494,3 +494,18 @@ def test_init_image_and_mask_arrive_as_bytes_through_the_safe_decoder(server):
         # a path is not an image: clients never name server files
         res = c.post("/v1/generate", json={"init_image": "/etc/passwd"}, headers=AUTH)
         assert res.status_code == 422
+
+
+def test_exposure_warning_and_token_sources(tmp_path, monkeypatch):
+    from difftrain.cli.serve_cmd import exposure_warning, read_token
+
+    assert exposure_warning("127.0.0.1", None) is None
+    assert exposure_warning("::1", None) is None and exposure_warning("localhost", None) is None
+    assert "without a token" in exposure_warning("0.0.0.0", None)
+    assert exposure_warning("0.0.0.0", "t") is None
+    monkeypatch.setenv("DIFFTRAIN_SERVE_TOKEN", " from-env ")
+    assert read_token(None) == "from-env"
+    (tmp_path / "f").write_text("from-file\n")
+    assert read_token(tmp_path / "f") == "from-file"  # the file wins over the environment
+    monkeypatch.setenv("DIFFTRAIN_SERVE_TOKEN", "")
+    assert read_token(None) is None

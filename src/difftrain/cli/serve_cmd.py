@@ -35,6 +35,16 @@ def _loopback(host: str) -> bool:
         return host == "localhost"
 
 
+def exposure_warning(host: str, token: str | None) -> str | None:
+    """A warning when the server is reachable beyond this machine without a token."""
+    if token is None and not _loopback(host):
+        return (
+            f"warning: serving on {host} without a token: anyone who can reach it can generate. "
+            f"Use --token-file or ${TOKEN_ENV}."
+        )
+    return None
+
+
 @handle_errors
 def serve(
     model_dir: Path = typer.Argument(..., help="A run directory or a safetensors export."),
@@ -71,13 +81,9 @@ def serve(
     if max_batch < max_num:
         raise ConfigError(f"--max-batch {max_batch} must be >= --max-num {max_num}")
     token = read_token(token_file)
-    if token is None and not _loopback(host):
-        err_console.print(
-            f"warning: serving on {host} without a token: anyone who can reach it can generate. "
-            f"Use --token-file or ${TOKEN_ENV}.",
-            markup=False,
-            highlight=False,
-        )
+    warning = exposure_warning(host, token)
+    if warning:
+        err_console.print(warning, markup=False, highlight=False)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     holder = ModelHolder(model_dir, weights=weights, device=device)
     settings = ServeSettings(
