@@ -85,6 +85,9 @@ def test_config_resolved_from_pipeline(lora_run):
     assert (d["beta_start"], d["beta_end"], d["num_train_timesteps"]) == (0.00085, 0.012, 1000)
     assert cfg["text"]["encoder"] == "path" and cfg["text"]["max_length"] == 77
     assert 14.0 < d["sigma_max"] < 15.0  # SD's σ at t = 999 (≈ 14.61)
+    # Validation grids every sample_every steps, same prompts (and seeds) each time.
+    assert {p.name for p in (lora_run / "samples").glob("step-*.png")} == {
+        "step-0000002.png", "step-0000004.png"}  # fmt: skip
 
 
 def test_vp_schedule_equals_the_pipeline_scheduler(sd):
@@ -383,3 +386,21 @@ def test_sdxl_style_unet_refused(sd, tmp_path):
     (copy / "unet" / "config.json").write_text(json.dumps(conf))
     res = invoke("train", write_config(tmp_path / "c.yaml", copy, imgs, tmp_path / "r"), code=2)
     assert "SDXL-style U-Net" in res.output
+
+
+def test_text_encoder_lora_loads_in_diffusers(sd, tmp_path):
+    from difftrain.pipeline.run import load_run
+
+    pipe, imgs = sd
+    cfg = write_config(tmp_path / "c.yaml", pipe, imgs, tmp_path / "run",
+                       finetune={"train_text_encoder": True}, train={"max_steps": 2})  # fmt: skip
+    invoke("train", cfg)
+    text = load_run(tmp_path / "run").denoiser.backbone.text.model
+    ids = torch.randint(0, 40, (2, 77))
+    sd_pipe = base_pipe(pipe)
+    with torch.no_grad():
+        base = sd_pipe.text_encoder(ids).last_hidden_state
+        sd_pipe.load_lora_weights(tmp_path / "run" / "lora")
+        loaded = sd_pipe.text_encoder(ids).last_hidden_state
+        ours = text(input_ids=ids).last_hidden_state
+    assert (loaded - base).abs().max() > 1e-5 and (loaded - ours).abs().max() <= 1e-5

@@ -146,7 +146,12 @@ def add_lora(
         target_modules=list(targets),
     )
     try:
-        module.add_adapter(config)
+        if hasattr(module, "set_adapters"):  # diffusers models: their peft integration
+            module.add_adapter(config)
+        else:  # transformers models: peft directly (their add_adapter needs peft >= 0.22)
+            from peft import inject_adapter_in_model
+
+            inject_adapter_in_model(config, module)
     except ValueError as err:  # peft: a target name matched no layer
         raise PretrainedError(f"LoRA target modules {list(targets)}: {err}") from None
 
