@@ -4,6 +4,7 @@ feature network into the data's categories: the share that lands in the prompt's
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -34,8 +35,6 @@ def read_prompt_categories(path: Path) -> list[tuple[str, str]]:
 
 def category_index(category: str, class_names: list[str]) -> int:
     """The class of `category`, matched exactly or by its folder slug ('Food & Drink' → food-drink)."""
-    import re
-
     slug = re.sub(r"[^a-z0-9]+", "-", category.lower()).strip("-")
     for i, name in enumerate(class_names):
         if name in (category, slug):
