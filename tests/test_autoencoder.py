@@ -46,7 +46,8 @@ def test_presets_downsample_as_declared(name):
 def test_round_trip_shapes_and_scaling_factor():
     vae = tiny_vae()
     x = torch.rand(6, 3, 16, 16) * 2 - 1
-    rec, mean, logvar = KLAutoencoder(vae)(x, torch.Generator().manual_seed(0))
+    ae = KLAutoencoder(vae)
+    rec, mean, logvar = ae(x, torch.randn(ae.latent_shape(x)))
     assert rec.shape == x.shape and mean.shape == logvar.shape == (6, 4, 4, 4)  # ×4 preset
     s = latent_scaling_factor(vae, x, batch_size=4)
     # 1/std of posterior samples drawn from the same fixed seed, whatever the batch size.
@@ -232,3 +233,13 @@ def test_emoji_vae_config_is_a_valid_autoencoder_config(tmp_path):
     assert cfg.model.kind == "autoencoder" and cfg.data.resolution == 64
     check_config(cfg)
     assert resolve_ae_preset(cfg.model.preset).downsample_factor == 4  # 64×64 → 16×16 latents
+
+
+def test_posterior_noise_comes_from_the_step_generator():
+    ae, x = KLAutoencoder(tiny_vae()), torch.rand(3, 3, 16, 16) * 2 - 1
+
+    def run(sample: bool, seed: int) -> torch.Tensor:
+        return AutoencoderLoss("l2", 1.0, sample)(ae, x, None, torch.Generator().manual_seed(seed))
+
+    assert torch.equal(run(True, 1), run(True, 1)) and not torch.equal(run(True, 1), run(True, 2))
+    assert torch.equal(run(False, 1), run(False, 2))  # the posterior mean draws nothing

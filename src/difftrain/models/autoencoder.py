@@ -86,7 +86,8 @@ def build_autoencoder(preset: AEPreset, channels: int, resolution: int) -> Autoe
 class KLAutoencoder(nn.Module):
     """AutoencoderKL whose forward returns what training needs: reconstruction and posterior.
 
-    A forward (rather than calls to encode/decode) is what DDP wraps. Returns
+    A forward (rather than calls to encode/decode) is what DDP wraps. `noise` (shape
+    `latent_shape(x)`) draws z = mean + std·noise; None decodes the posterior mean. Returns
     (reconstruction B×C×H×W, posterior mean and log-variance B×c×h×w).
     """
 
@@ -95,11 +96,16 @@ class KLAutoencoder(nn.Module):
         self.vae = vae
 
     def forward(
-        self, x: torch.Tensor, generator: torch.Generator | None = None, sample: bool = True
+        self, x: torch.Tensor, noise: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         post = self.vae.encode(x).latent_dist
-        z = post.sample(generator) if sample else post.mode()
+        z = post.mean if noise is None else post.mean + post.std * noise.to(post.mean.dtype)
         return self.vae.decode(z).sample, post.mean, post.logvar
+
+    def latent_shape(self, x: torch.Tensor) -> tuple[int, ...]:
+        """Shape of the latents of images `x` (B, c, H/f, W/f)."""
+        f = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return (x.shape[0], self.vae.config.latent_channels, x.shape[2] // f, x.shape[3] // f)
 
     @property
     def last_layer(self) -> torch.Tensor:

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from difftrain.diffusion.loss import randn_on
 from difftrain.pipeline.checkpoint import flatten_state, unflatten_state
 
 
@@ -84,7 +85,12 @@ class AutoencoderLoss:
         self.pairs.clear()
 
     def __call__(self, model, x: torch.Tensor, cond=None, generator=None) -> torch.Tensor:
-        rec, mean, logvar = model(x, generator, self.sample_posterior)
+        core = getattr(model, "module", model)  # DDP keeps the module inside
+        # Posterior noise through randn_on: under DDP it is drawn for the global batch, sliced.
+        noise = (
+            randn_on(core.latent_shape(x), generator, x.device) if self.sample_posterior else None
+        )
+        rec, mean, logvar = model(x, noise)
         nll = reconstruction_error(x, rec, self.recon)
         if self.lpips is not None and self.lpips_weight > 0:
             nll = nll + self.lpips_weight * self.lpips(x.float(), rec.float())
@@ -95,7 +101,6 @@ class AutoencoderLoss:
         if self.adversarial:
             self.pairs.append((x.detach(), rec.detach()))
             g = -self.disc(rec).flatten(1).mean(1)  # generator hinge term, per example
-            core = getattr(model, "module", model)  # DDP keeps the module inside
             w = self.disc_weight * adaptive_weight(
                 nll.mean(), g.mean(), core.last_layer, self.max_adaptive_weight
             )

@@ -96,7 +96,7 @@ class AutoencoderTask(Task):
         a, psnrs, losses = self.cfg.autoencoder, [], []
         for i in range(0, len(x), batch_size):
             xb = x[i : i + batch_size].to(device)
-            rec, mean, logvar = model(xb, None, False)
+            rec, mean, logvar = model(xb)  # the posterior mean: deterministic
             kl = kl_per_example(mean.float(), logvar.float()) / xb[0].numel()
             losses.append(reconstruction_error(xb, rec, a.recon_loss) + a.kl_weight * kl)
             psnrs.append(psnr(xb, rec.float()))
@@ -109,7 +109,7 @@ class AutoencoderTask(Task):
     def write_samples(self, model, path: Path, device) -> None:
         """Rows of originals, each followed by its row of reconstructions."""
         x = self.grid_x.to(device)
-        rec = model(x, None, False)[0].float().clamp(-1, 1)
+        rec = model(x)[0].float().clamp(-1, 1)
         cols = min(GRID_COLS, len(x))
         rows = []
         for i in range(0, len(x), cols):
