@@ -393,8 +393,13 @@ def test_text_encoder_lora_loads_in_diffusers(sd, tmp_path):
 
     pipe, imgs = sd
     cfg = write_config(tmp_path / "c.yaml", pipe, imgs, tmp_path / "run",
-                       finetune={"train_text_encoder": True}, train={"max_steps": 2})  # fmt: skip
+                       finetune={"train_text_encoder": True, "gradient_checkpointing": True},
+                       train={"max_steps": 2})  # fmt: skip
     invoke("train", cfg)
+    # Adapters train through checkpointed (recomputed) U-Net and encoder blocks too.
+    model = load_file(tmp_path / "run" / "checkpoints" / "step-0000002" / "model.safetensors")
+    for part in ("backbone.unet.", "backbone.text.model."):
+        assert max(model[k].abs().max() for k in model if k.startswith(part) and "lora_B" in k) > 0
     text = load_run(tmp_path / "run").denoiser.backbone.text.model
     ids = torch.randint(0, 40, (2, 77))
     sd_pipe = base_pipe(pipe)
