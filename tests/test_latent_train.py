@@ -130,6 +130,7 @@ def test_latent_config_errors_exit_2(tiny_args, tmp_path):
         "data.augment.rotate=0.5": "latent.cache = false",
         "data.channels=3": "takes 1-channel images",
         "eval.metrics=[fid,nll]": "remove nll from eval.metrics",
+        f"latent.cache_dir={ae / 'config.json'}": "is a file",
         "latent.autoencoder=" + str(tmp_path / "nowhere"): "latent.autoencoder = ",
     }
     for setting, message in cases.items():

@@ -120,6 +120,9 @@ def check_latent_config(cfg: Config, unet_downsample: int) -> None:
             "latent.autoencoder does not combine with data.buckets or data.resize = "
             "'random_crop' (cached latents have one fixed geometry); turn those off"
         )
+    cache_dir = cfg.latent.cache_dir
+    if cfg.latent.cache and cache_dir is not None and cache_dir.exists() and not cache_dir.is_dir():
+        raise ConfigError(f"latent.cache_dir = '{cache_dir}': is a file; point it at a folder")
     if cfg.eval.every and "nll" in cfg.eval.metrics:
         raise ConfigError(
             "eval.metrics has nll: a latent model's likelihood would be of latents, not of "
