@@ -370,9 +370,11 @@ def test_config_example_is_valid_and_placeholder_fails_clearly(sd, tmp_path):
     res = invoke("train", example, "--dry-run", code=2)
     assert "model.pretrained = '/path/to/stable-diffusion-v1-5'" in res.output
     pipe, imgs = sd
-    invoke("train", example, "--dry-run", "--set", f"model.pretrained={pipe}", "--set",
+    res = invoke("train", example, "--dry-run", "--set", f"model.pretrained={pipe}", "--set",
            f"data.path={imgs}", "--set", "data.resolution=32", "--set",
            f"train.run_dir={tmp_path / 'r'}", "--set", "data.val_fraction=0.2")  # fmt: skip
+    sizes = yaml.safe_load(res.output[res.output.rindex("train_images:") :])
+    assert 0 < sizes["trainable_parameters"] < sizes["parameters"] / 10  # adapters only
 
 
 def test_sdxl_style_unet_refused(sd, tmp_path):

@@ -134,7 +134,9 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
     task = build_task(cfg, data, val, acc.device)
     denoiser = task.model
     if dry_run:
-        return describe(cfg, data, val, sum(p.numel() for p in denoiser.parameters()))
+        params = list(denoiser.parameters())
+        trainable = sum(p.numel() for p in params if p.requires_grad)
+        return describe(cfg, data, val, sum(p.numel() for p in params), trainable)
     objective = task.objective
     # Only trainable weights: frozen ones (a LoRA run's base U-Net) get no optimizer state.
     optimizer = build_optimizer([p for p in denoiser.parameters() if p.requires_grad], cfg.optim)

@@ -32,14 +32,17 @@ def prepare_data(cfg: Config, run_dir: Path | None) -> tuple[ImageData, ImageDat
     return full.split(cfg.data.val_fraction, cfg.train.seed)
 
 
-def describe(cfg: Config, data, val: ImageData, n_params: int) -> dict:
-    """What a dry run prints: sizes and step counts."""
+def describe(
+    cfg: Config, data, val: ImageData, n_params: int, n_trainable: int | None = None
+) -> dict:
+    """What a dry run prints: sizes and step counts (trainable weights: LoRA, frozen encoders)."""
     steps_per_epoch = len(data) / cfg.train.batch_size
     return {
         "train_images": len(data),
         "val_images": len(val),
         "num_classes": data.num_classes,
         "parameters": n_params,
+        "trainable_parameters": n_params if n_trainable is None else n_trainable,
         "steps_per_epoch": round(steps_per_epoch, 2),
         "total_steps": cfg.train.max_steps,
         "epochs": round(cfg.train.max_steps / steps_per_epoch, 2),
