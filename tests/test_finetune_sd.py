@@ -172,6 +172,9 @@ def test_lora_resume_is_exact(sd, lora_run, tmp_path):
     a = load_file(tmp_path / "run" / "checkpoints" / "step-0000004" / "model.safetensors")
     b = load_file(lora_run / "checkpoints" / "step-0000004" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # The run directory alone (its resolved config.yaml) continues the run.
+    invoke("train", tmp_path / "run", "--resume", "--set", "train.max_steps=5")
+    assert (tmp_path / "run" / "checkpoints" / "step-0000005").is_dir()
 
 
 def test_full_finetune_with_text_encoder(sd, tmp_path):
@@ -294,6 +297,10 @@ def test_bad_configs_exit_2(sd, tmp_path):
     assert "finetune section needs model.pretrained" in res.output
     res = invoke("train", cfg, "--set", f"model.pretrained={tmp_path}", code=2)
     assert "missing" in res.output
+    single = tmp_path / "sd15.safetensors"
+    single.write_bytes(b"{}")
+    res = invoke("train", cfg, "--set", f"model.pretrained={single}", code=2)
+    assert "single-file checkpoint" in res.output and "from_single_file" in res.output
 
 
 def test_v_prediction_pipeline_maps_to_v(tmp_path):
