@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 
 from difftrain.config import Config, ConfigError
+from difftrain.models.autoencoder import find_autoencoder_dir
+from difftrain.models.autoencoder import load_autoencoder as _load_autoencoder
 
 AE_SUBDIR = "autoencoder"  # inside an autoencoder run dir and inside a latent run dir
 # Config keys that do not change what the encoder computes (so they do not key the cache).
@@ -26,24 +28,11 @@ _UNHASHED_KEYS = {"scaling_factor", "shift_factor", "force_upcast"}
 
 
 def autoencoder_dir(path: str | Path, key: str = "latent.autoencoder") -> Path:
-    """The diffusers folder of an autoencoder run directory (`PATH/autoencoder/`) or PATH itself."""
-    path = Path(path)
-    try:  # the models layer's finder, when present (also takes a pipeline's vae/ subfolder)
-        from difftrain.models.autoencoder import find_autoencoder_dir
-    except ImportError:
-        find_autoencoder_dir = None
-    if find_autoencoder_dir is not None:
-        try:
-            return find_autoencoder_dir(path)
-        except ConfigError as err:
-            raise ConfigError(f"{key} = '{path}': {err}") from None
-    for cand in (path / AE_SUBDIR, path):
-        if (cand / "config.json").is_file():
-            return cand
-    raise ConfigError(
-        f"{key} = '{path}': no config.json there or in {path / AE_SUBDIR}; point it at a "
-        "difftrain autoencoder run directory or a diffusers AutoencoderKL folder"
-    )
+    """The diffusers folder of an autoencoder run dir (`PATH/autoencoder/`), PATH, or `vae/`."""
+    try:
+        return find_autoencoder_dir(path)
+    except ConfigError as err:
+        raise ConfigError(f"{key} = '{path}': {err}") from None
 
 
 def run_autoencoder_dir(cfg: Config, run_dir: str | Path | None = None) -> Path:
@@ -88,7 +77,13 @@ def read_geometry(ae_dir: Path, cfg: Config | None = None) -> Geometry:
 
 
 def sample_shape(cfg: Config, run_dir: str | Path | None = None) -> tuple[int, int, int]:
-    """(C, H, W) the denoiser works in: pixels, or the autoencoder's latents."""
+    """(C, H, W) the denoiser works in: pixels, the autoencoder's latents, or C×1×L windows."""
+    if cfg.data.source == "sequence":  # channels are known from the run's sequence.json
+        from difftrain.pipeline.sequence import SequenceInfo
+
+        if run_dir is None:
+            raise ConfigError("a sequence run's shape is read from its run directory")
+        return SequenceInfo.load(Path(run_dir)).shape
     res = cfg.data.resolution
     if cfg.latent.autoencoder is None:
         return (cfg.data.channels, res, res)
@@ -138,18 +133,12 @@ def check_latent_config(cfg: Config, unet_downsample: int) -> None:
 
 
 def load_autoencoder(path: str | Path):
-    """The AutoencoderKL at an autoencoder run dir or diffusers folder (safetensors only)."""
-    try:  # the models layer's loader, when present (it knows difftrain autoencoder runs)
-        from difftrain.models.autoencoder import load_autoencoder as load
-    except ImportError:
-        from diffusers import AutoencoderKL
-
-        def load(p):
-            return AutoencoderKL.from_pretrained(autoencoder_dir(p), use_safetensors=True)
-
-    vae = load(path)
-    vae.eval().requires_grad_(False)
-    return vae
+    """The frozen AutoencoderKL at an autoencoder run dir or diffusers folder (safetensors)."""
+    try:
+        vae = _load_autoencoder(path)
+    except ConfigError as err:
+        raise ConfigError(f"autoencoder '{path}': {err}") from None
+    return vae.eval().requires_grad_(False)
 
 
 def autoencoder_hash(vae) -> str:
