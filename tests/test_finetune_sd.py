@@ -418,3 +418,38 @@ def test_text_encoder_lora_loads_in_diffusers(sd, tmp_path):
         loaded = sd_pipe.text_encoder(ids).last_hidden_state
         ours = text(input_ids=ids).last_hidden_state
     assert (loaded - base).abs().max() > 1e-5 and (loaded - ours).abs().max() <= 1e-5
+
+
+def test_ema_shares_frozen_weights_and_averages_adapters(lora_run):
+    from difftrain.pipeline.run import load_run
+    from difftrain.train.ema import EMA
+
+    model = load_run(lora_run).denoiser
+    ema = EMA(model)
+    ptrs = {p.data_ptr() for p in model.parameters() if not p.requires_grad}
+    shared = [p for p in ema.model.parameters() if p.data_ptr() in ptrs]
+    assert len(shared) == len(ptrs) > 0  # the base U-Net and text encoder are not copied
+    lora = next(p for n, p in model.named_parameters() if "lora_B" in n)
+    with torch.no_grad():
+        lora.add_(1.0)
+    ema.update(model, beta=0.5)
+    ema_lora = dict(ema.model.named_parameters())[
+        next(n for n, p in model.named_parameters() if p is lora)
+    ]
+    assert torch.allclose(ema_lora, lora - 0.5)  # halfway from the old value
+    assert torch.equal(ema.state_dict()["backbone.unet.conv_in.weight"],
+                       model.state_dict()["backbone.unet.conv_in.weight"])  # fmt: skip
+
+
+def test_lora_runs_default_posthoc_ema_off(sd, tmp_path):
+    from difftrain.config import load_config
+    from difftrain.pipeline.pretrained import resolve_pretrained
+
+    pipe, imgs = sd
+    path = write_config(tmp_path / "c.yaml", pipe, imgs, tmp_path / "r")
+    cfg = yaml.safe_load(path.read_text())
+    del cfg["train"]["posthoc_ema_sigma_rels"]
+    path.write_text(yaml.safe_dump(cfg))
+    assert resolve_pretrained(load_config(path)).train.posthoc_ema_sigma_rels == []
+    explicit = resolve_pretrained(load_config(path, ["train.posthoc_ema_sigma_rels=[0.05]"]))
+    assert explicit.train.posthoc_ema_sigma_rels == [0.05]

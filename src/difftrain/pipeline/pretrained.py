@@ -135,7 +135,13 @@ def resolve_pretrained(cfg: Config) -> Config:
     latent = cfg.latent
     if latent.autoencoder is None:  # the pipeline's vae/ (a different one may be set explicitly)
         latent = latent.model_copy(update={"autoencoder": path})
-    return cfg.model_copy(update={"diffusion": diffusion, "text": text, "latent": latent})
+    train = cfg.train
+    if "posthoc_ema_sigma_rels" not in train.model_fields_set:
+        # Each post-hoc EMA profile is a full float32 copy of the model (+ snapshots on disk):
+        # off unless asked for when fine-tuning a pretrained pipeline.
+        train = train.model_copy(update={"posthoc_ema_sigma_rels": []})
+    update = {"diffusion": diffusion, "text": text, "latent": latent, "train": train}
+    return cfg.model_copy(update=update)
 
 
 def check_pretrained(cfg: Config) -> int:
