@@ -149,6 +149,12 @@ def sample(
     plan = plan_request(run, req, limits)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     run.to(device) if hasattr(run, "to") else run.denoiser.to(device)  # latent runs: the VAE too
+    if run.config.data.source == "sequence":  # windows, not images: CSV (+ .npz), data units
+        from difftrain.pipeline.sequence import write_run_samples
+
+        paths = write_run_samples(run, plan, run_dir, out, npz, batch_size)
+        console.print(f"wrote {num} sequences to {', '.join(map(str, paths))}", markup=False)
+        return
     k = run.num_classes
     blocks = k is not None and class_label is None and not prompts
     idx, cols = grid_indices(num, k, blocks)

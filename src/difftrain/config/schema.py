@@ -81,8 +81,10 @@ class BucketConfig(Section):
 
 
 class DataConfig(Section):
-    source: Literal["folder", "idx", "digits", "npz", "hf", "webdataset"] = Field(
-        "folder", description="where images come from (see data.registry.SOURCES)"
+    source: Literal["folder", "idx", "digits", "npz", "hf", "webdataset", "sequence"] = Field(
+        "folder",
+        description="where images come from (see data.registry.SOURCES); sequence = a numeric "
+        "series from a .csv/.npz at data.path, cut into windows (see the sequence section)",
     )
     path: Path | None = Field(
         None, description="image folder, IDX dir, .npz, save_to_disk folder or parquet, tar shards"
@@ -597,6 +599,23 @@ class FinetuneConfig(Section):
     )
 
 
+class SequenceConfig(Section):
+    """1-D sequence data (data.source = sequence): windows of a numeric series (CSV or npz)."""
+
+    length: int = Field(64, ge=4, le=100_000, description="time steps per training window")
+    stride: int = Field(1, gt=0, description="steps between the starts of consecutive windows")
+    columns: list[str] | None = Field(None, description="CSV columns to use; null = all")
+    npz_key: str | None = Field(None, description="array name in an .npz; null = its only array")
+    missing: Literal["mask", "interpolate", "error"] = Field(
+        "mask",
+        description="missing values: mask (left out of the loss), interpolate (linear in time, "
+        "edges nearest), or error",
+    )
+    min_observed: float = Field(
+        0.5, gt=0, le=1, description="drop windows with a smaller share of observed entries"
+    )
+
+
 class LoggingConfig(Section):
     tensorboard: bool = True
     progress: bool = True
@@ -616,3 +635,4 @@ class Config(Section):
     text: TextConfig = TextConfig()
     autoencoder: AutoencoderConfig = AutoencoderConfig()
     finetune: FinetuneConfig = FinetuneConfig()
+    sequence: SequenceConfig = SequenceConfig()

@@ -39,7 +39,21 @@ class DiTPreset:
         return self.patch_size
 
 
-PRESETS: dict[str, UNetPreset | DiTPreset] = {
+@dataclass(frozen=True)
+class Seq1DPreset:
+    """A 1-D residual network for sequences (models/seq1d.py)."""
+
+    width: int  # channels of every residual block
+    blocks: int  # residual blocks; dilation cycles 1, 2, 4, 8
+    kernel: int = 3
+
+    @property
+    def downsample_factor(self) -> int:
+        """No downsampling: any window length works."""
+        return 1
+
+
+PRESETS: dict[str, UNetPreset | DiTPreset | Seq1DPreset] = {
     # 8x8 digits in seconds; smoke tests.
     "unet-tiny": UNetPreset((32, 64), 1, (1,), attention_head_dim=32, norm_num_groups=8),
     # 28-32 px grayscale on a laptop CPU (the Fashion-MNIST demo).
@@ -61,6 +75,9 @@ PRESETS: dict[str, UNetPreset | DiTPreset] = {
     "dit-tiny": DiTPreset(width=192, depth=6, heads=3),
     "dit-s": DiTPreset(width=384, depth=12, heads=6),
     "dit-b": DiTPreset(width=768, depth=12, heads=12),
+    # 1-D sequences (data.source = sequence): dilated residual convolutions.
+    "seq-tiny": Seq1DPreset(width=32, blocks=4),
+    "seq-small": Seq1DPreset(width=64, blocks=8),
 }
 
 
@@ -74,10 +91,10 @@ def resolve_preset(
     if name not in PRESETS:
         raise KeyError(f"unknown model preset {name!r}; choose one of: {', '.join(PRESETS)}")
     p = PRESETS[name]
-    if isinstance(p, DiTPreset):
+    if isinstance(p, DiTPreset | Seq1DPreset):
         if any(v is not None for v in (block_out_channels, layers_per_block, attention_levels)):
             raise ValueError(
-                f"model.preset {name!r} is a transformer: block_out_channels, layers_per_block "
+                f"model.preset {name!r} is not a U-Net: block_out_channels, layers_per_block "
                 "and attention_levels only apply to unet-* presets; remove them"
             )
         return p

@@ -7,7 +7,7 @@ from torch import nn
 from difftrain.config import Config, ConfigError
 from difftrain.models import UNetBackbone, resolve_preset
 from difftrain.models.conditioned import CondUNetBackbone, DiTBackbone, TextDiTBackbone
-from difftrain.models.presets import PRESETS, DiTPreset, UNetPreset
+from difftrain.models.presets import PRESETS, DiTPreset, Seq1DPreset, UNetPreset
 from difftrain.pipeline.text import build_text_encoder, uses_text
 
 
@@ -35,6 +35,11 @@ def check_model(cfg: Config, preset: UNetPreset | DiTPreset) -> None:
         raise ConfigError(
             f"eval.every = {cfg.eval.every}: in-training evaluation does not support text "
             "conditioning yet; set eval.every = 0"
+        )
+    if isinstance(preset, Seq1DPreset):
+        raise ConfigError(
+            f"model.preset {name!r} is a 1-D sequence network: set data.source = sequence, or "
+            "choose a unet-* or dit-* preset for images"
         )
     if isinstance(preset, DiTPreset):
         return  # class or text: DiT serves both
@@ -71,6 +76,10 @@ def build_backbone(
         return build_pretrained_backbone(cfg)
     preset = model_preset(cfg)
     dropout = cfg.model.dropout
+    if isinstance(preset, Seq1DPreset):  # windows C×1×L; `resolution` is unused
+        from difftrain.models.seq1d import Seq1DBackbone
+
+        return Seq1DBackbone(preset, channels, dropout, out_channels=out_channels)
     if uses_text(cfg):
         text = build_text_encoder(cfg)
         cls = TextDiTBackbone if isinstance(preset, DiTPreset) else CondUNetBackbone

@@ -31,6 +31,11 @@ def check_config(cfg: Config) -> None:
     """Checks that span sections or touch the file system; run before any data or model loads."""
     if check_autoencoder_config(cfg):  # model.kind = autoencoder: its own presets and checks
         return
+    if cfg.data.source == "sequence":  # 1-D windows: their own checks (pipeline/sequence.py)
+        from difftrain.pipeline.sequence import check_sequence_config
+
+        check_sequence_config(cfg, model_preset(cfg))
+        return
     if cfg.model.pretrained is not None:  # a pipeline folder's U-Net (pipeline/pretrained.py)
         from difftrain.pipeline.pretrained import check_pretrained
 

@@ -305,6 +305,17 @@ def run_request(
             callback(n)
 
 
+def run_request_tensors(
+    run: LoadedRun, plan: Plan, *, batch_size: int = 64
+) -> Iterator[torch.Tensor]:
+    """As run_request, but the denoiser's float32 outputs (sequence windows, not images)."""
+    r = plan.request
+    for start in range(0, r.num, batch_size):
+        n = min(batch_size, r.num - start)
+        labels = None if plan.labels is None else plan.labels[start : start + n]
+        yield _generate(run, plan, n, seed=r.seed, first_index=r.first_index + start, labels=labels)
+
+
 def run_merged(run: LoadedRun, plans: list[Plan]) -> list[ImageBatch]:
     """Run plans with one batch_key in a single forward pass; one ImageBatch per plan.
 

@@ -226,7 +226,7 @@ def open_latent_batches(cfg: Config, rank: int, world: int, state: dict, run_dir
 
 def validation_tensors(val, cap: int = 512) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(x0 in the denoiser's space, labels) of at most `cap` validation rows."""
-    if isinstance(val, LatentVal):
+    if isinstance(val, LatentVal) or not hasattr(val, "images"):  # latents, sequence windows
         return val.x[:cap], None if val.labels is None else val.labels[:cap]
     labels = None if val.labels is None else val.labels[:cap]
     return to_model_range(val.images[:cap]), labels
@@ -237,6 +237,10 @@ def open_batches(
 ) -> tuple[object, ImageData | LatentVal]:
     """(training batches, validation set) for pixels (memory or stream) or latents."""
     tc = cfg.train
+    if cfg.data.source == "sequence":  # windows of a numeric series (train/sequence_task.py)
+        from difftrain.train.sequence_task import open_sequence_batches
+
+        return open_sequence_batches(cfg, rank, world, state, run_dir)
     if cfg.latent.autoencoder is not None:
         return open_latent_batches(cfg, rank, world, state, run_dir)
     if cfg.data.loader == "stream":

@@ -88,6 +88,10 @@ def build_task(cfg: Config, data, val: ImageData, device: torch.device | str = "
         reference = getattr(data, "data", val)  # in-memory training images; streamed: validation
         return AutoencoderTask(cfg, to_model_range(reference.images[: cfg.autoencoder.scaling_images]),
                                val, device)  # fmt: skip
+    if cfg.data.source == "sequence":  # 1-D windows, missing values masked in the loss
+        from difftrain.train.sequence_task import SequenceTask
+
+        return SequenceTask(cfg, data)
     if getattr(cfg.model, "pretrained", None) is not None:  # SD fine-tuning: LoRA, DreamBooth
         from difftrain.train.finetune_task import FinetuneTask
 
