@@ -91,6 +91,19 @@ def test_training_writes_the_tokenizer_and_prompt_grids(text_run):
     run = load_run(text_run)
     assert run.num_classes is None and run.text is not None
     assert any(".text.model." in k for k in run.denoiser.state_dict())  # trained jointly
+    # validation is conditioned on the held-out captions (the logged number is reproduced)
+    from difftrain.data import load_data, to_model_range
+    from difftrain.eval.validation import sigma_grid, validation_loss
+
+    cfg = run.config
+    _, val = load_data(cfg.data).split(cfg.data.val_fraction, cfg.train.seed)
+    x, ids = to_model_range(val.images), run.text.ids(val.captions)
+    logged = [r["val/loss"] for r in rows if r.get("step") == 3 and "val/loss" in r][0]
+    with torch.no_grad():
+        ours = validation_loss(run.denoiser, x, ids, sigma_grid(n=8), seed=cfg.train.seed)
+        null = validation_loss(run.denoiser, x, None, sigma_grid(n=8), seed=cfg.train.seed)
+    assert ours["val/loss"] == pytest.approx(logged, rel=1e-5)
+    assert null["val/loss"] != pytest.approx(logged, rel=1e-5)
 
 
 def test_sample_with_prompts_and_a_negative_prompt(text_run, tmp_path):
