@@ -298,6 +298,11 @@ class TrainConfig(Section):
     )
     grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
     max_steps: int = Field(1000, gt=0)
+    time_limit: str | None = Field(
+        None,
+        description="wall-clock budget, e.g. '10m', '2h': the step count is fixed from the step "
+        "rate of the first steps (at most max_steps); null = off",
+    )
     seed: int = Field(0, ge=0, le=MAX_SEED)
     checkpoint_every: int = Field(500, gt=0)
     keep_checkpoints: int = Field(2, gt=0, description="how many recent checkpoints to keep")
@@ -338,6 +343,17 @@ class TrainConfig(Section):
         description="lower-is-better metric for best checkpoints and early stopping: val/loss or "
         "an in-training eval metric such as eval/fid_domain (needs eval.every)",
     )
+
+    @model_validator(mode="after")
+    def _time_limit(self) -> TrainConfig:
+        if self.time_limit is not None:
+            from difftrain.config.duration import parse_duration
+
+            try:
+                parse_duration(self.time_limit)
+            except ValueError as err:
+                raise ValueError(f"train.time_limit = {err}") from None
+        return self
 
     @model_validator(mode="after")
     def _accum_divides(self) -> TrainConfig:

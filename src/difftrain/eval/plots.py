@@ -65,11 +65,14 @@ def training_plots(rows: list[dict]) -> list[tuple[str, str]]:
         w = max(1, len(v) // 15)
         if w > 1:
             ax.plot(s, v, color="#9ab", lw=0.8, label="train (raw)")
-        label = f"train (mean of {w} logs)" if w > 1 else "train"
+        label = "train, σ ~ training distribution" + (f" (mean of {w} logs)" if w > 1 else "")
         ax.plot(s, moving_mean(v, w), color="#2457c5", lw=1.6, label=label)
+    s, v = series(rows, "val/loss_train_sigma")
+    if s:  # the validation curve to compare with train/loss: the same σ mix
+        ax.plot(s, v, "o-", color="#2a9d3f", label="validation, σ ~ training distribution (fixed draw)")
     s, v = series(rows, "val/loss")
-    if s:
-        ax.plot(s, v, "o-", color="#d1495b", label="validation (mean over σ)")
+    if s:  # a different σ mix (weighted towards the extremes): not comparable with train/loss
+        ax.plot(s, v, "s--", color="#d1495b", label="validation, mean over 8 fixed σ (0.01–20)")
     ax.set(xlabel="step", ylabel="loss", yscale="log", title="Loss")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)

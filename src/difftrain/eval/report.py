@@ -177,7 +177,9 @@ def write_report(
 
     # Summary: last logged values and the latest evaluation.
     summary = {}
-    for key in ("train/loss", "val/loss", "train/images_seen", "train/skipped_steps"):
+    keys = ("train/loss", "val/loss_train_sigma", "val/loss", "train/images_seen",
+            "train/skipped_steps", "train/planned_steps")  # fmt: skip
+    for key in keys:
         s, v = series(rows, key)
         if s:
             summary[f"{key} (step {s[-1]})"] = _fmt(v[-1])

@@ -46,3 +46,29 @@ def validation_loss(
         out[f"val/loss_sigma_{s:.3g}"] = total / len(images)
     out["val/loss"] = sum(out.values()) / len(sigmas)
     return out
+
+
+@torch.no_grad()
+def training_sigma_loss(
+    denoiser,
+    objective,
+    images: torch.Tensor,
+    labels: torch.Tensor | None,
+    seed: int = 0,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+) -> float:
+    """The training objective on validation images, σ and noise from a fixed-seed draw.
+
+    σ comes from the objective's own training distribution (EDM log-normal, VP/iDDPM uniform
+    timesteps, flow logit-normal) with its own weighting, so the number is comparable with
+    `train/loss` (which also has label dropout and moving weights); the seed fixes the draw, so
+    the same weights give the same number at every validation.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    total = 0.0
+    for i in range(0, len(images), batch_size):
+        x0 = images[i : i + batch_size].to(device)
+        cond = None if labels is None else labels[i : i + batch_size].to(device)
+        total += objective(denoiser, x0, cond, gen).float().sum().item()
+    return total / max(1, len(images))

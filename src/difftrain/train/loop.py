@@ -46,6 +46,7 @@ from difftrain.train.optim import build_optimizer, lr_at
 from difftrain.train.posthoc_ema import PowerEMA, save_snapshots, snapshot_due, truncate_snapshots
 from difftrain.train.setup import describe, environment, resolve_precision
 from difftrain.train.task import build_task
+from difftrain.train.time_budget import TimeBudget, agreed, agreed_plan
 from difftrain.train.stream import mix_seed
 
 
@@ -70,6 +71,7 @@ class RunState:
     bad_streak: int = 0  # consecutive skipped steps: a restart mid-streak continues it
     rollbacks: int = 0  # so train.max_rollbacks counts over restarts too
     scaler: dict = field(default_factory=dict)  # fp16 GradScaler: scale and growth tracker
+    planned_steps: int | None = None  # train.time_limit: the run's length, fixed once measured
 
     @classmethod
     def load(cls, state: dict, path: Path) -> RunState:
@@ -98,6 +100,7 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
     cfg = resolve_pretrained(cfg)  # model.pretrained: scheduler, vae/, text from the pipeline
     check_config(cfg)
     tc = cfg.train
+    budget = TimeBudget(tc.time_limit)  # counts from here: setup is in the budget
     run_dir = Path(tc.run_dir)
     precision = resolve_precision(tc.mixed_precision)
     acc = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
@@ -291,10 +294,13 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
         save()  # a step-0 checkpoint: a rollback target from the very first step
 
     # ---- The loop ----
+    # The run's length: train.max_steps, or what train.time_limit fixed (kept across --resume).
+    max_steps = st.planned_steps or tc.max_steps
     t_start = time.time()
     t_log, imgs_log = time.time(), 0
+    budget.start()
     bar = tqdm(
-        total=tc.max_steps,
+        total=max_steps,
         initial=st.step,
         disable=not (cfg.logging.progress and acc.is_main_process),
         desc="train",
@@ -302,10 +308,10 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
     )
     loss_value, stopped_early = float("nan"), False
     denoiser.train()
-    while st.step < tc.max_steps:
+    while st.step < max_steps:
         gen = step_generators(st.step)
         task.begin_step(st.step)
-        lr = lr_at(st.step, cfg.optim, tc.max_steps) * st.lr_scale
+        lr = lr_at(st.step, cfg.optim, max_steps) * st.lr_scale
         for group in optimizer.param_groups:
             group["lr"] = lr
 
@@ -388,10 +394,17 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
             )
             bank.update(acc.unwrap_model(denoiser), tc.batch_size, st.images_seen, tc.ema_rampup)
         st.step += 1
+        # Time budget: fix the run's length once from the measured step rate; stop at the limit.
+        if budget.step_done() and st.planned_steps is None:
+            st.planned_steps = max_steps = agreed_plan(acc, budget, st.step, tc.max_steps)
+            bar.total = max_steps
+            logger.log(st.step, {"train/planned_steps": max_steps})
+            acc.print(f"train.time_limit = {tc.time_limit}: {max_steps} steps planned")
+        time_stop = budget.limit_s is not None and st.step < max_steps and agreed(acc, budget)
         if pema is not None:  # every step, skipped ones too (the weights were held)
             pema.update(acc.unwrap_model(denoiser), st.step)
-            if acc.is_main_process and snapshot_due(
-                st.step, tc.posthoc_snapshot_every, tc.max_steps
+            if acc.is_main_process and (
+                snapshot_due(st.step, tc.posthoc_snapshot_every, max_steps) or time_stop
             ):
                 with stop_if_disk_full(f"post-hoc EMA snapshots in {run_dir}", ckpt_root):
                     save_snapshots(run_dir, pema)
@@ -399,7 +412,7 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
         bar.update(1)
 
         # Log: loss, grad norm, LR, throughput.
-        if st.step % tc.log_every == 0 or st.step == tc.max_steps:
+        if st.step % tc.log_every == 0 or st.step == max_steps or time_stop:
             now = time.time()
             logger.log(
                 st.step,
@@ -420,7 +433,7 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
             t_log, imgs_log = now, 0
 
         # Sample grid from the EMA weights, same seeds every time.
-        at_end = st.step == tc.max_steps
+        at_end = st.step == max_steps or time_stop
         if acc.is_main_process and (st.step % tc.sample_every == 0 or at_end):
             grid = run_dir / "samples" / f"step-{st.step:07d}.png"
             with stop_if_disk_full(str(grid), ckpt_root):
@@ -457,6 +470,13 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
                 )
                 break
         acc.wait_for_everyone()
+        if time_stop:  # the final grid, validation and checkpoint were written above
+            logger.log(st.step, {"train/time_limit_stop": 1})
+            acc.print(
+                f"train.time_limit = {tc.time_limit} reached at step {st.step} of {max_steps}; "
+                "stopped with a final checkpoint"
+            )
+            break
 
     bar.close()
     logger.close()

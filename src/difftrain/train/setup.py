@@ -47,19 +47,30 @@ def describe(
         "total_steps": cfg.train.max_steps,
         "epochs": round(cfg.train.max_steps / steps_per_epoch, 2),
         "skipped_files": {k: len(v) for k, v in data.bad.by_reason.items()},
+        **(
+            {
+                "time_limit": f"{cfg.train.time_limit}: total_steps is the upper bound; the "
+                "step count is fixed from the step rate of the first 10 steps"
+            }
+            if cfg.train.time_limit
+            else {}
+        ),
     }
 
 
 def write_samples(
     denoiser, cfg: Config, num_classes: int | None, path: Path, device, latents=None
 ) -> None:
-    """A grid of samples from fixed seeds (one row per class when class-conditional).
+    """A grid of at most sample.num samples from fixed seeds, whatever the number of classes.
 
+    Class-conditional: one row per class when sample.num covers every class (num // k each);
+    with more classes than sample.num, one image each of a fixed, evenly spaced subset of
+    sample.num classes (a grid event must not cost num_classes images).
     `latents` (a pipeline.latent.Latents) decodes a latent model's samples to pixels.
     """
     num, k = cfg.sample.num, num_classes
-    if k:
-        num = k * max(1, round(num / k))  # whole rows per class
+    if k and k <= num:
+        num = k * (num // k)  # whole rows per class, never more than sample.num
     images = generate(
         denoiser,
         num=num,
@@ -73,7 +84,8 @@ def write_samples(
     )
     if latents is not None:
         images = latents.to_images(images)
-    save_image(make_grid(to_uint8(images), num // k if k else None), path, min_side=256)
+    cols = num // k if k and k <= num else None  # a row per class, else a square-ish grid
+    save_image(make_grid(to_uint8(images), cols), path, min_side=256)
 
 
 def environment(precision: str, world: int) -> dict:

@@ -15,7 +15,7 @@ from torch import nn
 
 from difftrain.config import Config
 from difftrain.data import ImageData, to_model_range
-from difftrain.eval.validation import sigma_grid, validation_loss
+from difftrain.eval.validation import sigma_grid, training_sigma_loss, validation_loss
 from difftrain.pipeline.build import build_denoiser, build_objective
 from difftrain.train.setup import write_samples
 
@@ -70,10 +70,15 @@ class DiffusionTask(Task):
         self.sigmas = sigma_grid(n=8)
 
     def validate(self, model, x, y, device) -> dict[str, float]:
-        return validation_loss(
+        out = validation_loss(
             model, x, y, self.sigmas, self.cfg.diffusion.sigma_data, seed=self.cfg.train.seed,
             device=device,
         )  # fmt: skip
+        # Comparable with train/loss: σ from the training distribution (fixed draw).
+        out["val/loss_train_sigma"] = training_sigma_loss(
+            model, self.objective, x, y, seed=self.cfg.train.seed, device=device
+        )
+        return out
 
     def write_samples(self, model, path: Path, device) -> None:
         extra = {} if self.latents is None else {"latents": self.latents}
