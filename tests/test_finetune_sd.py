@@ -453,3 +453,33 @@ def test_lora_runs_default_posthoc_ema_off(sd, tmp_path):
     assert resolve_pretrained(load_config(path)).train.posthoc_ema_sigma_rels == []
     explicit = resolve_pretrained(load_config(path, ["train.posthoc_ema_sigma_rels=[0.05]"]))
     assert explicit.train.posthoc_ema_sigma_rels == [0.05]
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_denoiser_equals_diffusers_x0_prediction(sd, tmp_path, prediction):
+    """D(x, σ, prompt) of a loaded pipeline equals diffusers' pred_original_sample (SD 1.x ε and
+    SD 2.x-style v): the scheduler → vp mapping, timesteps, scaling and text encoding agree."""
+    from diffusers import DDPMScheduler
+
+    from difftrain.config import load_config
+    from difftrain.pipeline.build import build_denoiser
+    from difftrain.pipeline.pretrained import resolve_pretrained
+
+    pipe = sd[0] if prediction == "epsilon" else make_tiny_sd(tmp_path / "pipe-v", prediction)
+    cfg = resolve_pretrained(load_config(write_config(tmp_path / "c.yaml", pipe, sd[1], tmp_path)))
+    den = build_denoiser(cfg, None).eval()
+    ref = base_pipe(pipe)
+    sched = DDPMScheduler.from_pretrained(pipe, subfolder="scheduler")
+    g = torch.Generator().manual_seed(1)
+    x0, noise = torch.randn(2, 4, 16, 16, generator=g), torch.randn(2, 4, 16, 16, generator=g)
+    ids = ref.tokenizer([PROMPT] * 2, padding="max_length", max_length=77, return_tensors="pt")
+    ids = ids.input_ids
+    for t in (50, 500, 900):
+        ac = sched.alphas_cumprod[t]
+        x_t = ac.sqrt() * x0 + (1 - ac).sqrt() * noise
+        with torch.no_grad():
+            out = ref.unet(x_t, t, encoder_hidden_states=ref.text_encoder(ids)[0]).sample
+            theirs = sched.step(out, t, x_t).pred_original_sample
+            sigma = ((1 - ac) / ac).sqrt()
+            ours = den(x_t / ac.sqrt(), sigma.expand(2), ids)  # σ-space input x0 + σ·ε
+        assert torch.allclose(ours, theirs, atol=1e-4, rtol=1e-4), (t, (ours - theirs).abs().max())
