@@ -127,3 +127,17 @@ def test_hard_stop_then_resume_equals_an_uninterrupted_run(tiny_args, monkeypatc
 def test_dry_run_names_the_time_limit(tiny_args):
     res = runner.invoke(app, ["train", *tiny_args(**{"train.time_limit": "10m"}), "--dry-run"])
     assert res.exit_code == 0 and "time_limit" in res.output and "10m" in res.output
+
+
+def test_time_limited_run_evaluates_at_its_final_step(tiny_args, monkeypatch, tmp_path):
+    """eval.every that the planned end does not hit still evaluates there (the demo's case)."""
+    run = tmp_path / "run"
+    extra = {"eval.every": 1000, "eval.num": 20, "eval.steps": 2, "eval.metrics": "[fid,acc]"}
+    args = tiny_args(run, **{"train.time_limit": "2s", "train.max_steps": 200, **FAST, **extra})
+    res = runner.invoke(app, ["features", "train", *args, "--set", "features.epochs=1"])
+    assert res.exit_code == 0, res.output
+    fake_clock(monkeypatch)
+    train(cfg_of(args))
+    step = final_state(run)[1]["step"]
+    assert step < 200
+    assert any(r["step"] == step and "eval/fid_domain" in r for r in rows(run))

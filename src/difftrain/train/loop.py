@@ -443,7 +443,7 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
         if st.step % tc.checkpoint_every == 0 or at_end:
             if acc.is_main_process and (val_n or getattr(task, "validates_without_data", False)):
                 metrics = task.validate(ema.model, val_x, val_y, acc.device)
-                if evaluator is not None and evaluator.due(st.step):
+                if evaluator is not None and (evaluator.due(st.step) or at_end):  # time_limit
                     metrics.update(evaluator(ema.model, st.step))
                 logger.log(st.step, metrics)
                 v = metrics.get(tc.best_metric)  # absent when no evaluation ran at this step
