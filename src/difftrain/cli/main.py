@@ -75,6 +75,9 @@ app.add_typer(data_app, name="data")
 from difftrain.cli.export_cmd import export  # noqa: E402
 
 app.command(name="export")(export)
+from difftrain.cli.explain_cmd import explain  # noqa: E402
+
+app.command(name="explain")(explain)
 
 
 def main() -> None:

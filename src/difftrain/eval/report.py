@@ -265,6 +265,10 @@ def write_report(
         except CheckpointError as err:
             traj = f'<p class="muted">{html.escape(str(err))}</p>'
     sec.append(("trajectory", "Denoising trajectory", traj))
+    if trajectory_samples > 0:  # what D predicts at chosen σ, what the condition changes, per token
+        from difftrain.eval.explain_html import explanation_section
+
+        sec.append(("explain", "Explanations", explanation_section(run_dir, cfg, rows, esc, _img)))
 
     # Data, config, environment, raw evaluation.
     try:
