@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -26,6 +27,17 @@ def train(
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Print the resolved config and sizes, then exit."
     ),
+    plan: bool = typer.Option(
+        False, "--plan", help="Time a few real steps in a scratch dir; print step time, peak "
+        "memory, estimated run time and the largest batch that fits; write nothing.",
+    ),
+    plan_steps: int = typer.Option(4, "--plan-steps", help="Steps per measured batch size."),
+    plan_memory: float | None = typer.Option(
+        None, "--plan-memory", help="Memory limit in GB (default: 90% of GPU memory or RAM)."
+    ),
+    plan_max_batch: int | None = typer.Option(
+        None, "--plan-max-batch", help="Largest batch to try (default: 16x train.batch_size)."
+    ),
 ) -> None:
     """Train a diffusion model as configured."""
     from difftrain.pipeline.build import check_config
@@ -40,9 +52,16 @@ def train(
         cfg.train.run_dir = config
     cfg = resolve_pretrained(cfg)  # model.pretrained: values read from the pipeline folder
     check_config(cfg)  # before any data or model is loaded
+    if plan:
+        from difftrain.cli.plan_cmd import print_plan
+
+        print_plan(cfg, plan_steps, plan_memory, plan_max_batch)
+        return
     if dry_run:
         console.print(dump_config(cfg), highlight=False)
     result = run_train(cfg, resume=resume, dry_run=dry_run)
+    if os.environ.get("RANK", "0") != "0":
+        return  # torchrun/accelerate: the main process reports for all
     if dry_run:
         console.print(yaml.safe_dump(result, sort_keys=False), highlight=False)
         return
@@ -78,6 +97,9 @@ app.command(name="export")(export)
 from difftrain.cli.explain_cmd import explain  # noqa: E402
 
 app.command(name="explain")(explain)
+from difftrain.cli.sweep_cmd import sweep  # noqa: E402
+
+app.command(name="sweep")(sweep)
 
 
 def main() -> None:

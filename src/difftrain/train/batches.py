@@ -258,3 +258,10 @@ def open_batches(
         return loader, val
     data, val = prepare_data(cfg, run_dir)
     return MemoryBatches(data, cfg, rank, world, state), val
+
+
+def per_rank_stream(batches) -> bool:
+    """Whether the stream position is per process (tar shards), so resuming needs the same count."""
+    from difftrain.data.loader import ShardPlan
+
+    return isinstance(getattr(getattr(batches, "inner", batches), "plan", None), ShardPlan)

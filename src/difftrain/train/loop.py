@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from contextlib import nullcontext
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from difftrain.pipeline.checkpoint import (
     write_text_atomic,
 )
 from difftrain.pipeline.pretrained import resolve_pretrained
-from difftrain.train.batches import open_batches, validation_tensors
+from difftrain.train.batches import open_batches, per_rank_stream, validation_tensors
 from difftrain.train.data_watch import WatchedBatches
 from difftrain.train.ema import EMA, EMABank, ema_beta
 from difftrain.train.faults import (
@@ -46,8 +47,8 @@ from difftrain.train.optim import build_optimizer, lr_at
 from difftrain.train.posthoc_ema import PowerEMA, save_snapshots, snapshot_due, truncate_snapshots
 from difftrain.train.setup import describe, environment, resolve_precision
 from difftrain.train.task import build_task
-from difftrain.train.time_budget import TimeBudget, agreed, agreed_plan
 from difftrain.train.stream import mix_seed
+from difftrain.train.time_budget import TimeBudget, agreed, agreed_plan
 
 
 class TrainingDiverged(RuntimeError):
@@ -70,6 +71,7 @@ class RunState:
     since_improvement: int = 0
     bad_streak: int = 0  # consecutive skipped steps: a restart mid-streak continues it
     rollbacks: int = 0  # so train.max_rollbacks counts over restarts too
+    processes: int = 1  # that wrote the checkpoint: a tar-shard stream position is per rank
     scaler: dict = field(default_factory=dict)  # fp16 GradScaler: scale and growth tracker
     planned_steps: int | None = None  # train.time_limit: the run's length, fixed once measured
 
@@ -94,8 +96,17 @@ class RunSummary:
     seconds: float
 
 
-def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummary | dict:
-    """Train as configured. With dry_run, return the description without training."""
+def train(
+    cfg: Config,
+    resume: bool = False,
+    dry_run: bool = False,
+    on_validation: Callable[[int, dict], bool] | None = None,
+) -> RunSummary | dict:
+    """Train as configured. With dry_run, return the description without training.
+
+    `on_validation(step, metrics)` is called on the main process after each validation (a
+    sweep reports to its trial); returning True stops the run there, on every process.
+    """
     # ---- Setup: check the config, open the run directory, start accelerate ----
     cfg = resolve_pretrained(cfg)  # model.pretrained: scheduler, vae/, text from the pipeline
     check_config(cfg)
@@ -125,6 +136,12 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
         st = RunState.load(read_checkpoint(start_ckpt, [])[1], start_ckpt)  # stream position first
     data, val = open_batches(cfg, rank, world, st.stream, run_dir if acc.is_main_process else None)
     data = WatchedBatches(data, run_dir if acc.is_main_process else None)  # wait time, bad files
+    if start_ckpt is not None and st.processes != world and per_rank_stream(data):
+        raise ConfigError(
+            f"{start_ckpt} was written by {st.processes} processes and tar shards are read per "
+            f"process: resume with {st.processes} processes (in-memory data and image folders "
+            "resume on any process count)"
+        )
     if len(data) < tc.batch_size:
         raise ConfigError(
             f"train.batch_size = {tc.batch_size} exceeds the {len(data)} training images; "
@@ -212,6 +229,7 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
         # Checkpoint: model and EMA as safetensors; optimizer flattened; the rest JSON.
         if not acc.is_main_process:
             return
+        st.processes = world
         st.stream, st.loss_window, st.grad_window = (
             data.state(),
             loss_spikes.state(),
@@ -441,6 +459,7 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
 
         # Validation (and sample-quality evaluation when due): best-k and early stopping.
         if st.step % tc.checkpoint_every == 0 or at_end:
+            halt = False
             if acc.is_main_process and (val_n or getattr(task, "validates_without_data", False)):
                 metrics = task.validate(ema.model, val_x, val_y, acc.device)
                 if evaluator is not None and (evaluator.due(st.step) or at_end):  # time_limit
@@ -452,7 +471,9 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
                     st.since_improvement = 0 if improved else st.since_improvement + 1
                     if tc.keep_best:
                         st.best = sorted([*st.best, [v, st.step]])[: tc.keep_best]
-            stop = (
+                if on_validation is not None:
+                    halt = bool(on_validation(st.step, metrics))
+            stop = halt or (
                 tc.early_stopping_patience is not None
                 and st.since_improvement >= tc.early_stopping_patience
             )
@@ -465,7 +486,9 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> RunSummar
                 if pema is not None and acc.is_main_process:
                     save_snapshots(run_dir, pema)
                 acc.print(
-                    f"early stopping at step {st.step}: no val/loss improvement in "
+                    f"stopped at step {st.step} by the validation hook (a pruned sweep trial)"
+                    if halt
+                    else f"early stopping at step {st.step}: no val/loss improvement in "
                     f"{st.since_improvement} validations; best {st.best[0] if st.best else None}"
                 )
                 break
