@@ -280,6 +280,7 @@ class OptimConfig(Section):
     warmup_steps: int = Field(0, ge=0)
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine floor as a share of lr")
     grad_clip: float | None = Field(1.0, gt=0, description="max global grad norm; null = off")
+    fused: bool = Field(False, description="fused Adam/AdamW kernel (GPU speed; CPU allowed)")
 
     @model_validator(mode="after")
     def _betas_range(self) -> OptimConfig:
@@ -324,6 +325,7 @@ class TrainConfig(Section):
     )
     label_dropout: float = Field(0.1, ge=0, lt=1, description="share of labels replaced by null")
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
+    channels_last: bool = Field(False, description="NHWC weights and activations (GPU speed)")
     # Guards: skip non-finite or spiking steps; roll back after a streak; stop after repeats.
     max_bad_steps: int = Field(5, gt=0, description="consecutive skipped steps before a rollback")
     max_rollbacks: int = Field(3, ge=0, description="rollbacks before stopping with a report")

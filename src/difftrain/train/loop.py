@@ -187,6 +187,8 @@ def train(
             f"{run_dir} already holds checkpoints: pass --resume to continue it, or set "
             "train.run_dir to a new directory"
         )
+    if tc.channels_last:  # NHWC: faster convolutions on tensor cores; the same model
+        denoiser.to(memory_format=torch.channels_last)
     denoiser, optimizer = acc.prepare(denoiser, optimizer)
     ema.model.to(acc.device)
     # Extra classic EMAs and the power-function EMAs whose snapshots allow post-hoc EMA (EDM2).

@@ -24,13 +24,20 @@ def build_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
         return bnb.optim.AdamW8bit(
             params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay
         )
+    fused = {"fused": True} if cfg.fused else {}  # one kernel for all tensors (torch ≥ 2.4)
+    if cfg.fused and cfg.name not in ("adamw", "adam"):
+        from difftrain.config import ConfigError
+
+        raise ConfigError(f"optim.fused = true needs optim.name adamw or adam, not {cfg.name!r}")
     if cfg.name == "adamw":
         return torch.optim.AdamW(
-            params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay
+            params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
+            **fused,
         )
     if cfg.name == "adam":
         return torch.optim.Adam(
-            params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay
+            params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
+            **fused,
         )
     if cfg.name == "rmsprop":
         return torch.optim.RMSprop(
