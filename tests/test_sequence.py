@@ -75,6 +75,15 @@ def test_train_and_sample_through_the_cli_with_missing_values(tmp_path):
     assert arr.shape == (3, 16, 2) and np.isfinite(arr).all()
     # De-normalised: channel b lives around 10, not around 0.
     assert abs(arr[..., 1].mean() - 10) < abs(arr[..., 1].mean())
+    from difftrain.eval.report import write_report
+    from difftrain.eval.sequence_eval import evaluate_sequence_run
+
+    m = evaluate_sequence_run(run, num=8, steps=3, plot=tmp_path / "plot.png")
+    assert m["real_windows"] == 47 and 0 <= m["discriminative_acc"] <= 1
+    assert np.isfinite([m["wasserstein_mean"], m["acf_error"]]).all()
+    assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
+    page = write_report(run, trajectory_samples=1).read_text()
+    assert 'id="explain"' in page and "val/loss" in page
 
 
 def test_bad_cells_and_missing_error_rule_exit_2(tmp_path):

@@ -248,7 +248,9 @@ def write_report(
 
     # Denoising trajectory from the latest checkpoint.
     traj = '<p class="muted">No checkpoint yet.</p>'
-    if trajectory_samples > 0:
+    if cfg.data.source == "sequence":  # windows, not images: samples/ holds their plots
+        traj = '<p class="muted">A sequence run: see the sample plots above.</p>'
+    elif trajectory_samples > 0:
         from difftrain.pipeline.checkpoint import CheckpointError
         from difftrain.pipeline.run import load_run
 
