@@ -36,9 +36,24 @@ def main() -> None:
     if a.cmd == "prepare":
         prepare(a.out)
         return
-    from difftrain.eval.sequence_eval import evaluate_sequence_run
+    import numpy as np
 
-    print(json.dumps(evaluate_sequence_run(a.run_dir, a.num, a.steps, plot=a.plot), indent=1))
+    from difftrain.config import load_config
+    from difftrain.eval.sequence_eval import evaluate_sequence_run, real_windows
+    from difftrain.eval.sequence_metrics import sequence_metrics
+
+    out = {"generated": evaluate_sequence_run(a.run_dir, a.num, a.steps, plot=a.plot)}
+    # References on the same metrics: real vs real (two random halves; the floor) and white
+    # noise with each time step's real mean and std (a baseline that ignores time structure).
+    real = real_windows(load_config(a.run_dir / "config.yaml"))
+    rng = np.random.default_rng(0)
+    perm = rng.permutation(len(real))
+    half = len(real) // 2
+    out["real_half_vs_half"] = sequence_metrics(real[perm[:half]], real[perm[half:]])
+    mu, sd = np.nanmean(real, 0), np.nanstd(real, 0)
+    noise = mu + sd * rng.standard_normal((a.num, *real.shape[1:]))
+    out["per_step_gaussian"] = sequence_metrics(real, noise)
+    print(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":
