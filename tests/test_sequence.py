@@ -109,6 +109,12 @@ def test_missing_rules_and_windows(tmp_path):
     assert x.shape == (9, 2, 1, 8) and dropped == 0 and torch.isnan(x).any()
     np.savez(tmp_path / "s.npz", x=np.arange(10.0))
     assert read_series(tmp_path / "s.npz").values.shape == (10, 1)
+    gappy = np.arange(20.0)[:, None].repeat(2, 1)
+    gappy[:6, 0] = np.nan  # the first window (8 steps × 2 channels) is 6/16 missing
+    x, dropped = windows(gappy, 8, 4, 0.7)
+    assert dropped == 1 and x.shape[0] == 3
+    edge = apply_missing_rule(type(s)(gappy, ["a", "b"]), "interpolate", tmp_path)
+    assert (edge.values[:6, 0] == 6.0).all()  # leading gap: the nearest observed value
     with pytest.raises(DataError, match="fewer than"):
         windows(s.values, 100, 1, 0.5)
 
