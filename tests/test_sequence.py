@@ -159,3 +159,28 @@ def test_sequence_metrics_on_known_cases():
     assert abs(discriminative_score(real, other) - 0.5) < 0.15
     with pytest.raises(ValueError, match="N×L×C"):
         marginal_wasserstein(real, real[:, :10])
+
+
+def test_config_checks_and_a_damaged_sequence_json(tmp_path):
+    from difftrain.config import ConfigError, load_config
+    from difftrain.pipeline.build import check_config
+    from difftrain.pipeline.sequence import SequenceInfo
+
+    cfg_path = config(tmp_path, write_csv(tmp_path / "s.csv"))
+    for sets, match in [
+        (["model.preset=unet-tiny"], "image network"),
+        (["diffusion.objective=iddpm"], "masked"),
+        (["eval.every=10"], "eval.every"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            check_config(load_config(cfg_path, sets))
+    with pytest.raises(ConfigError, match="1-D sequence network"):
+        check_config(load_config(cfg_path, ["data.source=digits", "model.preset=seq-tiny"]))
+    (tmp_path / "sequence.json").write_text(
+        '{"columns": ["a"], "mean": [0], "std": [0], "length": 8}'
+    )
+    with pytest.raises(ConfigError, match="inconsistent"):
+        SequenceInfo.load(tmp_path)
+    (tmp_path / "sequence.json").write_text("[1, 2")
+    with pytest.raises(ConfigError, match="malformed"):
+        SequenceInfo.load(tmp_path)
