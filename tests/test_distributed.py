@@ -120,7 +120,8 @@ def test_one_writer_for_the_run_directory(runs):
     steps = [json.loads(r)["step"] for r in rows if "train/loss" in r]
     assert steps == list(range(1, STEPS + 1))  # one row per step, not one per process
     names = sorted(p.name for p in (runs["two"] / "checkpoints").iterdir())
-    assert names == ["best.json", "step-0000000", "step-0000003", "step-0000006"]
+    assert {"best.json", "step-0000003", "step-0000006"} <= set(names)
+    assert all(n == "best.json" or n.startswith("step-") for n in names)  # no stray temporaries
 
 
 def test_two_process_run_resumed_on_one_process_continues_exactly(runs):
@@ -153,7 +154,7 @@ def test_tar_shard_run_resumes_only_on_its_process_count(tmp_path):
     run = tmp_path / "shard-run"
     res = launch(1, run, **data)
     assert res.returncode == 0, res.stderr[-3000:]
-    res = launch(2, run, "--resume", **data, **{"train.max_steps": 6})
+    res = launch(2, run, "--resume", **{**data, "train.max_steps": 6})
     assert res.returncode != 0
     out = res.stdout + res.stderr
     assert "written by 1 processes" in out and "resume with 1 processes" in out
