@@ -100,3 +100,12 @@ def test_report_has_an_explanations_section(tmp_path):
     page = write_report(run, trajectory_samples=1).read_text()
     assert 'id="explain"' in page and 'alt="DAAM"' in page and "-50.0%" in page
     assert "<b>" not in page.split('id="explain"')[1]  # the prompt is escaped
+
+
+def test_daam_on_a_text_dit(tmp_path):
+    """PixArt's cross-attention layers are recorded the same way (patch grid upsampled)."""
+    sets = {**TEXT, "model.preset": "dit-tiny", "data.resolution": 8}
+    run = load_run(make_run(tmp_path / "d", num_classes=None, **sets))
+    e = explain(run, prompt="a cat", sigmas=(1.0,), steps=2)
+    assert e.daam.shape == (12, 8, 8)
+    torch.testing.assert_close(e.daam.sum(0), torch.ones(8, 8))
