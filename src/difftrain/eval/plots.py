@@ -69,7 +69,9 @@ def training_plots(rows: list[dict]) -> list[tuple[str, str]]:
         ax.plot(s, moving_mean(v, w), color="#2457c5", lw=1.6, label=label)
     s, v = series(rows, "val/loss_train_sigma")
     if s:  # the validation curve to compare with train/loss: the same σ mix
-        ax.plot(s, v, "o-", color="#2a9d3f", label="validation, σ ~ training distribution (fixed draw)")
+        ax.plot(
+            s, v, "o-", color="#2a9d3f", label="validation, σ ~ training distribution (fixed draw)"
+        )
     s, v = series(rows, "val/loss")
     if s:  # a different σ mix (weighted towards the extremes): not comparable with train/loss
         ax.plot(s, v, "s--", color="#d1495b", label="validation, mean over 8 fixed σ (0.01–20)")
