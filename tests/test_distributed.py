@@ -22,6 +22,8 @@ from safetensors.torch import load_file
 
 from tests.conftest import TINY
 
+pytestmark = pytest.mark.slow  # real training runs (subprocesses)
+
 STEPS = 6
 TOL = 1e-5
 

@@ -32,14 +32,22 @@ def test_peak_memory_window_sees_a_new_allocation():
     reset_peak()
     before = read_peak()
     block = bytearray(64 * 2**20)  # touched below, so resident
-    block[:: 4096] = b"x" * len(block[:: 4096])
+    block[::4096] = b"x" * len(block[::4096])
     assert read_peak() >= before + 60 * 2**20
     del block
 
 
 def test_plan_cli_prints_the_plan_and_bad_limit_is_exit_2(tmp_path):
     run_dir = tmp_path / "run"
-    base = [sys.executable, "-m", "difftrain", "train", str(TINY), "--set", f"train.run_dir={run_dir}"]
+    base = [
+        sys.executable,
+        "-m",
+        "difftrain",
+        "train",
+        str(TINY),
+        "--set",
+        f"train.run_dir={run_dir}",
+    ]
     base += [a for s in SETS for a in ("--set", s)]
     out = subprocess.run(
         [*base, "--plan", "--plan-steps", "2", "--plan-max-batch", "16"],

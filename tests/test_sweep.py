@@ -13,6 +13,8 @@ from difftrain.config import ConfigError
 from difftrain.sweep import load_space
 from tests.conftest import TINY
 
+pytestmark = pytest.mark.slow  # real training runs (subprocesses)
+
 SETS = {
     "train.max_steps": 6,
     "train.checkpoint_every": 2,
@@ -31,7 +33,15 @@ train.grad_accum: {type: int, low: 1, high: 2}
 
 
 def sweep(tmp_path, *more: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "difftrain", "sweep", str(TINY), "--space", str(tmp_path / "space.yaml")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "difftrain",
+        "sweep",
+        str(TINY),
+        "--space",
+        str(tmp_path / "space.yaml"),
+    ]
     for k, v in {**SETS, "train.run_dir": tmp_path / "base"}.items():
         cmd += ["--set", f"{k}={v}"]
     return subprocess.run([*cmd, "--out", str(tmp_path / "sweep"), *more],
