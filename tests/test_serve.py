@@ -304,13 +304,15 @@ def test_micro_batching_shares_forward_passes(run_dir, batching):
 def test_queue_full_answers_429_and_a_disconnect_frees_its_slot(run_dir):
     """Queue of 2, no batching. A runs; B waits; C is refused with 429 + Retry-After. B's
     client disconnects: its slot is freed before A ends, so D is accepted; B never runs."""
-    slow = {"num": 1, "steps": 40, "sampler": "euler"}
-    with serving(run_dir, settings(max_queue=2, batching=False)) as (url, app):
+    # A must still be running after B's client gives up, also on a fast idle machine: many steps.
+    slow = {"num": 8, "steps": 1000, "sampler": "euler"}
+    limits = Limits(max_num=8, max_steps=1000, max_resample=4, max_prompt_chars=100)
+    with serving(run_dir, settings(max_queue=2, batching=False, limits=limits)) as (url, app):
         engine = app.state.engine
         pool = ThreadPoolExecutor(2)
         a = pool.submit(lambda: client(url).post("/v1/generate", json=slow, headers=AUTH))
         _wait_for(lambda: engine.slots == 1)
-        b_client = client(url, timeout=httpx.Timeout(60, read=1.0))
+        b_client = client(url, timeout=httpx.Timeout(60, read=0.5))
         b = pool.submit(
             lambda: b_client.post("/v1/generate", json={**slow, "seed": 1}, headers=AUTH)
         )
@@ -321,7 +323,7 @@ def test_queue_full_answers_429_and_a_disconnect_frees_its_slot(run_dir):
             assert full.status_code == 429 and time.perf_counter() - t0 < 0.5
             assert int(full.headers["retry-after"]) >= 1
             with pytest.raises(httpx.ReadTimeout):
-                b.result()  # B's client gives up after 1 s and closes its connection
+                b.result()  # B's client gives up after 0.5 s and closes its connection
             b_client.close()
             _wait_for(lambda: engine.slots == 1, timeout=5)
             assert not a.done(), "A finished too early for the test to mean anything"
