@@ -141,3 +141,19 @@ def test_time_limited_run_evaluates_at_its_final_step(tiny_args, monkeypatch, tm
     step = final_state(run)[1]["step"]
     assert step < 200
     assert any(r["step"] == step and "eval/fid_domain" in r for r in rows(run))
+
+
+def test_slow_first_steps_do_not_shrink_the_plan(monkeypatch):
+    """First calls are slow (allocation, lazy init); the plan uses the steps after them."""
+    from difftrain.train import time_budget as tb
+
+    now = [0.0]
+    monkeypatch.setattr(tb, "clock", lambda: now[0])
+    budget = tb.TimeBudget("100m")
+    budget.start()
+    ended = []
+    for i in range(tb.WARMUP_STEPS + tb.MEASURE_STEPS):
+        now[0] += 30.0 if i < tb.WARMUP_STEPS else 1.0
+        ended.append(budget.step_done())
+    assert ended.index(True) == len(ended) - 1  # the window ends after warm-up + measured steps
+    assert budget.step_seconds() == pytest.approx(1.0)  # was 5.8 s with the slow steps averaged in

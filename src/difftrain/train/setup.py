@@ -50,7 +50,7 @@ def describe(
         **(
             {
                 "time_limit": f"{cfg.train.time_limit}: total_steps is the upper bound; the "
-                "step count is fixed from the step rate of the first 10 steps"
+                "step count is fixed from the step rate of steps 3-12"
             }
             if cfg.train.time_limit
             else {}

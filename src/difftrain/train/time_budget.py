@@ -1,7 +1,8 @@
 """train.time_limit: turn a wall-clock budget into a step count, once, so the run stays well-formed.
 
-The rule (README "Time budgets"): the loop runs MEASURE_STEPS steps, measures their mean wall
-time r, and fixes
+The rule (README "Time budgets"): the loop runs WARMUP_STEPS untimed steps (first calls are
+slow: allocation, lazy initialisation), then MEASURE_STEPS steps, measures their mean wall time r,
+and fixes
 
     planned = min(max_steps, steps_done + floor(SAFETY · (limit − elapsed) / r))
 
@@ -24,7 +25,8 @@ import time
 
 from difftrain.config.duration import parse_duration
 
-MEASURE_STEPS = 10  # steps whose mean wall time fixes the plan
+WARMUP_STEPS = 2  # first steps of an invocation, not timed: first-call and allocator overheads
+MEASURE_STEPS = 10  # steps (after the warm-up ones) whose mean wall time fixes the plan
 SAFETY = 0.9  # share of the remaining budget planned for steps; the rest for grids/validation/saves
 clock = time.monotonic  # wall clock (a module attribute so tests can run on a simulated one)
 
@@ -45,6 +47,7 @@ class TimeBudget:
         self.limit_s = parse_duration(time_limit) if time_limit else None
         self.t0 = clock()
         self.loop_start: float | None = None
+        self.measure_start: float | None = None
         self.loop_steps = 0
 
     def elapsed(self) -> float:
@@ -52,15 +55,19 @@ class TimeBudget:
 
     def start(self) -> None:
         """Call just before the first step of this invocation."""
-        self.loop_start, self.loop_steps = clock(), 0
+        self.loop_start, self.measure_start, self.loop_steps = clock(), None, 0
 
     def step_done(self) -> bool:
         """Count a step; True exactly when the measurement window has just ended."""
         self.loop_steps += 1
-        return self.limit_s is not None and self.loop_steps == MEASURE_STEPS
+        if self.loop_steps == WARMUP_STEPS:
+            self.measure_start = clock()
+        return self.limit_s is not None and self.loop_steps == WARMUP_STEPS + MEASURE_STEPS
 
     def step_seconds(self) -> float:
-        """Mean wall time of this invocation's steps so far (grids and saves included)."""
+        """Mean wall time of the steps after the warm-up ones (grids and saves included)."""
+        if self.measure_start is not None and self.loop_steps > WARMUP_STEPS:
+            return (clock() - self.measure_start) / (self.loop_steps - WARMUP_STEPS)
         return (clock() - (self.loop_start or self.t0)) / max(1, self.loop_steps)
 
     def expired(self) -> bool:
