@@ -80,7 +80,8 @@ system-deps-test:
 	fi
 
 test: install-dev system-deps-test
-	$(BIN)/python -m pytest -q
+	# Two workers: the tests are single-threaded (tests/conftest.py), so they use both cores.
+	$(BIN)/python -m pytest -q -n 2
 
 lint: install-dev
 	$(BIN)/ruff check src tests bench
