@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import time
-from contextlib import nullcontext
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -46,8 +46,8 @@ from difftrain.train.metrics import MetricsLogger
 from difftrain.train.optim import build_optimizer, lr_at
 from difftrain.train.posthoc_ema import PowerEMA, save_snapshots, snapshot_due, truncate_snapshots
 from difftrain.train.setup import describe, environment, resolve_precision
-from difftrain.train.task import build_task
 from difftrain.train.stream import mix_seed
+from difftrain.train.task import build_task
 from difftrain.train.time_budget import TimeBudget, agreed, agreed_plan
 
 
