@@ -297,6 +297,62 @@ class TrainConfig(Section):
     batch_size: int = Field(
         64, gt=0, le=MAX_BATCH, description="images per optimizer step (all processes)"
     )
+class ResolutionStage(Section):
+    """Train at `resolution` px while step < `until_step` (then the next stage, finally data.resolution)."""
+
+    until_step: int = Field(..., gt=0, le=10**9, description="first step of the next stage")
+    resolution: int = Field(..., gt=0, le=MAX_RESOLUTION, description="square side in pixels")
+
+
+class NoiseStage(Section):
+    """The training σ distribution at `step`; between stages it is interpolated linearly."""
+
+    step: int = Field(..., ge=0, le=10**9)
+    p_mean: float | None = Field(None, ge=-10, le=10, description="edm; null = diffusion.p_mean")
+    p_std: float | None = Field(None, gt=0, le=10, description="edm; null = diffusion.p_std")
+    logit_mean: float | None = Field(None, ge=-10, le=10, description="flow; null = diffusion's")
+    logit_std: float | None = Field(None, gt=0, le=10, description="flow; null = diffusion's")
+
+
+class OrderConfig(Section):
+    """Easy-to-hard data order: difficulty = per-sample loss of a short probe run (cached)."""
+
+    probe_steps: int = Field(50, gt=0, le=100_000, description="training steps of the probe")
+    probe_batch_size: int = Field(64, gt=0, le=MAX_BATCH, description="probe batch size")
+    start_fraction: float = Field(
+        0.25, gt=0, le=1, description="share of the training set (easiest first) used at step 0"
+    )
+    until_step: int = Field(
+        ..., gt=0, le=10**9, description="step from which the whole set is used (linear pacing)"
+    )
+
+
+class CurriculumConfig(Section):
+    """Curriculum stages; each is a pure function of the step, so --resume is exact."""
+
+    resolution: list[ResolutionStage] = Field(
+        [], description="progressive resolution: lower-resolution stages before data.resolution"
+    )
+    noise: list[NoiseStage] = Field(
+        [], description="σ-distribution points (edm p_mean/p_std, flow logit_mean/logit_std)"
+    )
+    order: OrderConfig | None = Field(None, description="easy-to-hard data order; null = off")
+
+    @model_validator(mode="after")
+    def _stage_order(self) -> CurriculumConfig:
+        until = [s.until_step for s in self.resolution]
+        res = [s.resolution for s in self.resolution]
+        if until != sorted(set(until)) or res != sorted(set(res)):
+            raise ValueError(
+                f"resolution: until_step {until} and resolution {res} must both "
+                "strictly increase from stage to stage"
+            )
+        steps = [s.step for s in self.noise]
+        if steps != sorted(set(steps)):
+            raise ValueError(f"noise: step {steps} must strictly increase")
+        return self
+
+
     grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
     max_steps: int = Field(1000, gt=0)
     time_limit: str | None = Field(
@@ -362,6 +418,9 @@ class TrainConfig(Section):
         if self.batch_size % self.grad_accum:
             raise ValueError(
                 f"batch_size ({self.batch_size}) must be divisible by grad_accum ({self.grad_accum})"
+    curriculum: CurriculumConfig = Field(
+        CurriculumConfig(), description="resolution / noise / data-order stages (README Curriculum)"
+    )
             )
         return self
 

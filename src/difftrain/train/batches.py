@@ -49,9 +49,13 @@ class MemoryBatches:
         gen = torch.Generator().manual_seed(
             mix_seed(self.cfg.train.seed, self.stream.epoch, self.stream.cursor, 3)
         )
+        return self.batch_of(self.stream.next(self.cfg.train.batch_size), gen)
+
+    def batch_of(self, every: torch.Tensor, gen: torch.Generator) -> Batch:
+        """This process's rows of the global batch of dataset indices `every`, augmented by `gen`
+        (also what a curriculum's easy-to-hard order draws through)."""
         # Augment the whole global batch, then keep this process's rows: a row's flip is the
         # same for any process count (one process: identical to augmenting its rows).
-        every = self.stream.next(self.cfg.train.batch_size)
         x = augment_batch(to_model_range(self.data.images[every]), self.cfg.data, gen)[self.rows]
         idx = every[self.rows]
         labels = None if self.data.labels is None else self.data.labels[idx]

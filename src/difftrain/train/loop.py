@@ -32,6 +32,7 @@ from difftrain.pipeline.checkpoint import (
 )
 from difftrain.pipeline.pretrained import resolve_pretrained
 from difftrain.train.batches import open_batches, per_rank_stream, validation_tensors
+from difftrain.train.curriculum import Curriculum, check_config_curriculum
 from difftrain.train.data_watch import WatchedBatches
 from difftrain.train.ema import EMA, EMABank, ema_beta
 from difftrain.train.faults import (
@@ -86,6 +87,7 @@ class RunState:
 
 @dataclass
 class RunSummary:
+    curriculum: dict = field(default_factory=dict)  # the difficulty key of an easy-to-hard order
     run_dir: Path
     step: int
     images_seen: int
@@ -122,6 +124,7 @@ def train(
             f"train.batch_size / train.grad_accum = {micro} must be divisible by the "
             f"{world} processes; change train.batch_size"
         )
+    check_config_curriculum(cfg)  # train.curriculum against the other sections
     per_proc = micro // world
     faults = parse_faults()
     announce(faults)  # loudly: a run with injected faults is a test, not a real run
@@ -210,6 +213,8 @@ def train(
         with stop_if_disk_full(f"config.yaml in {run_dir}", ckpt_root):
             (run_dir / "config.yaml").write_text(dump_config(cfg))
             (run_dir / "environment.json").write_text(
+    # Curriculum stages are functions of the step; an easy-to-hard order probes difficulty once.
+    curriculum = Curriculum.build(cfg, data, run_dir, acc, log=acc.print)
                 json.dumps(environment(precision, world), indent=1)
             )
     logger = MetricsLogger(run_dir, cfg.logging.tensorboard, enabled=acc.is_main_process)
@@ -231,6 +236,7 @@ def train(
         # Checkpoint: model and EMA as safetensors; optimizer flattened; the rest JSON.
         if not acc.is_main_process:
             return
+        curriculum.check_resume(st.curriculum, start_ckpt)
         st.processes = world
         st.stream, st.loss_window, st.grad_window = (
             data.state(),
@@ -238,7 +244,8 @@ def train(
             grad_spikes.state(),
         )
         st.scaler = acc.scaler.state_dict() if acc.scaler is not None else {}
-        opt_tensors, opt_skeleton = flatten_state(optimizer.state_dict())
+        st.curriculum = curriculum.state()
+        opt_tensors, opt_skeleton = flatten_state(opt_sd)
         aux_tensors, aux_json = task.aux_state()  # e.g. the discriminator and its optimizer
         state = {
             "step": st.step,
@@ -336,7 +343,7 @@ def train(
             group["lr"] = lr
 
         # Forward/backward over micro-batches of this process's rows.
-        batch = data.next()
+        batch = curriculum.next_batch(data, st.step)  # plain data.next() without a curriculum
         loss_sum = torch.zeros((), device=acc.device)
         for m in range(tc.grad_accum):
             x, cond = micro_batch(batch, m, gen)
@@ -366,6 +373,7 @@ def train(
             st.skipped_steps += 1
             st.skip_reasons[reason] = st.skip_reasons.get(reason, 0) + 1
             st.bad_streak += int(reason != "fp16_overflow")  # overflows never cause rollbacks
+        curriculum.begin_step(objective, st.step)  # σ distribution of this step
             logger.log(
                 st.step + 1,
                 {
@@ -482,6 +490,7 @@ def train(
             stop = bool(
                 acc.reduce(torch.tensor(float(stop), device=acc.device), reduction="sum").item()
             )
+                    **curriculum.log_metrics(st.step, len(data)),
             save()
             if stop:
                 stopped_early = True
