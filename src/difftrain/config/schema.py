@@ -292,11 +292,6 @@ class OptimConfig(Section):
         return self
 
 
-class TrainConfig(Section):
-    run_dir: Path = Path("runs/default")
-    batch_size: int = Field(
-        64, gt=0, le=MAX_BATCH, description="images per optimizer step (all processes)"
-    )
 class ResolutionStage(Section):
     """Train at `resolution` px while step < `until_step` (then the next stage, finally data.resolution)."""
 
@@ -353,6 +348,11 @@ class CurriculumConfig(Section):
         return self
 
 
+class TrainConfig(Section):
+    run_dir: Path = Path("runs/default")
+    batch_size: int = Field(
+        64, gt=0, le=MAX_BATCH, description="images per optimizer step (all processes)"
+    )
     grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
     max_steps: int = Field(1000, gt=0)
     time_limit: str | None = Field(
@@ -401,6 +401,9 @@ class CurriculumConfig(Section):
         description="lower-is-better metric for best checkpoints and early stopping: val/loss or "
         "an in-training eval metric such as eval/fid_domain (needs eval.every)",
     )
+    curriculum: CurriculumConfig = Field(
+        CurriculumConfig(), description="resolution / noise / data-order stages (README Curriculum)"
+    )
 
     @model_validator(mode="after")
     def _time_limit(self) -> TrainConfig:
@@ -418,9 +421,6 @@ class CurriculumConfig(Section):
         if self.batch_size % self.grad_accum:
             raise ValueError(
                 f"batch_size ({self.batch_size}) must be divisible by grad_accum ({self.grad_accum})"
-    curriculum: CurriculumConfig = Field(
-        CurriculumConfig(), description="resolution / noise / data-order stages (README Curriculum)"
-    )
             )
         return self
 

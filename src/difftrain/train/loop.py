@@ -75,6 +75,7 @@ class RunState:
     processes: int = 1  # that wrote the checkpoint: a tar-shard stream position is per rank
     scaler: dict = field(default_factory=dict)  # fp16 GradScaler: scale and growth tracker
     planned_steps: int | None = None  # train.time_limit: the run's length, fixed once measured
+    curriculum: dict = field(default_factory=dict)  # the difficulty key of an easy-to-hard order
 
     @classmethod
     def load(cls, state: dict, path: Path) -> RunState:
@@ -87,7 +88,6 @@ class RunState:
 
 @dataclass
 class RunSummary:
-    curriculum: dict = field(default_factory=dict)  # the difficulty key of an easy-to-hard order
     run_dir: Path
     step: int
     images_seen: int
@@ -112,6 +112,7 @@ def train(
     # ---- Setup: check the config, open the run directory, start accelerate ----
     cfg = resolve_pretrained(cfg)  # model.pretrained: scheduler, vae/, text from the pipeline
     check_config(cfg)
+    check_config_curriculum(cfg)  # train.curriculum against the other sections
     tc = cfg.train
     budget = TimeBudget(tc.time_limit)  # counts from here: setup is in the budget
     run_dir = Path(tc.run_dir)
@@ -124,7 +125,6 @@ def train(
             f"train.batch_size / train.grad_accum = {micro} must be divisible by the "
             f"{world} processes; change train.batch_size"
         )
-    check_config_curriculum(cfg)  # train.curriculum against the other sections
     per_proc = micro // world
     faults = parse_faults()
     announce(faults)  # loudly: a run with injected faults is a test, not a real run
@@ -190,6 +190,8 @@ def train(
             f"{run_dir} already holds checkpoints: pass --resume to continue it, or set "
             "train.run_dir to a new directory"
         )
+    # Curriculum stages are functions of the step; an easy-to-hard order probes difficulty once.
+    curriculum = Curriculum.build(cfg, data, run_dir, acc, log=acc.print)
     if tc.channels_last:  # NHWC: faster convolutions on tensor cores; the same model
         denoiser.to(memory_format=torch.channels_last)
     denoiser, optimizer = acc.prepare(denoiser, optimizer)
@@ -205,6 +207,7 @@ def train(
         restore(start_ckpt)
         if acc.scaler is not None and st.scaler:  # else a resumed fp16 run re-learns its scale
             acc.scaler.load_state_dict(st.scaler)
+        curriculum.check_resume(st.curriculum, start_ckpt)
         acc.print(f"resumed from {start_ckpt} at step {st.step}")
     install_activation_faults(faults, acc.unwrap_model(denoiser), lambda: st.step)
 
@@ -213,8 +216,6 @@ def train(
         with stop_if_disk_full(f"config.yaml in {run_dir}", ckpt_root):
             (run_dir / "config.yaml").write_text(dump_config(cfg))
             (run_dir / "environment.json").write_text(
-    # Curriculum stages are functions of the step; an easy-to-hard order probes difficulty once.
-    curriculum = Curriculum.build(cfg, data, run_dir, acc, log=acc.print)
                 json.dumps(environment(precision, world), indent=1)
             )
     logger = MetricsLogger(run_dir, cfg.logging.tensorboard, enabled=acc.is_main_process)
@@ -236,7 +237,6 @@ def train(
         # Checkpoint: model and EMA as safetensors; optimizer flattened; the rest JSON.
         if not acc.is_main_process:
             return
-        curriculum.check_resume(st.curriculum, start_ckpt)
         st.processes = world
         st.stream, st.loss_window, st.grad_window = (
             data.state(),
@@ -245,7 +245,7 @@ def train(
         )
         st.scaler = acc.scaler.state_dict() if acc.scaler is not None else {}
         st.curriculum = curriculum.state()
-        opt_tensors, opt_skeleton = flatten_state(opt_sd)
+        opt_tensors, opt_skeleton = flatten_state(optimizer.state_dict())
         aux_tensors, aux_json = task.aux_state()  # e.g. the discriminator and its optimizer
         state = {
             "step": st.step,
@@ -338,6 +338,7 @@ def train(
     while st.step < max_steps:
         gen = step_generators(st.step)
         task.begin_step(st.step)
+        curriculum.begin_step(objective, st.step)  # σ distribution of this step
         lr = lr_at(st.step, cfg.optim, max_steps) * st.lr_scale
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -373,7 +374,6 @@ def train(
             st.skipped_steps += 1
             st.skip_reasons[reason] = st.skip_reasons.get(reason, 0) + 1
             st.bad_streak += int(reason != "fp16_overflow")  # overflows never cause rollbacks
-        curriculum.begin_step(objective, st.step)  # σ distribution of this step
             logger.log(
                 st.step + 1,
                 {
@@ -455,6 +455,7 @@ def train(
                     "train/skipped_steps": st.skipped_steps,
                     "train/epoch": data.state()["epoch"],
                     **task.log_metrics(),
+                    **curriculum.log_metrics(st.step, len(data)),
                 },
             )
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
@@ -490,7 +491,6 @@ def train(
             stop = bool(
                 acc.reduce(torch.tensor(float(stop), device=acc.device), reduction="sum").item()
             )
-                    **curriculum.log_metrics(st.step, len(data)),
             save()
             if stop:
                 stopped_early = True
