@@ -189,6 +189,7 @@ _OBJECTIVE_KEYS = {
     "zero_terminal_snr": ("vp", "iddpm"),
     "logit_mean": ("flow",),
     "logit_std": ("flow",),
+    "flow_shift": ("flow",),
     "vlb_weight": ("iddpm",),
 }
 
@@ -219,6 +220,10 @@ class DiffusionConfig(Section):
     min_snr_gamma: float = Field(5.0, gt=0, description="gamma of (soft-)min-snr")
     logit_mean: float = Field(0.0, description="flow: mean of logit(t)")
     logit_std: float = Field(1.0, gt=0, description="flow: std of logit(t)")
+    flow_shift: float = Field(
+        1.0, gt=0, le=100,
+        description="flow: time shift t -> s*t/(1+(s-1)*t) in training and sampling (SD3: 3)",
+    )
     vlb_weight: float = Field(0.001, ge=0, description="iddpm: lambda of L_simple + lambda*L_vlb")
 
     @model_validator(mode="after")
@@ -690,6 +695,11 @@ class SequenceConfig(Section):
     )
     min_observed: float = Field(
         0.5, gt=0, le=1, description="drop windows with a smaller share of observed entries"
+    )
+    flux_guidance: float = Field(
+        3.5, ge=0, le=100,
+        description="FLUX with a guidance embedding (FLUX.1-dev): the distilled guidance value "
+        "fed to the transformer in training and sampling (diffusers' default 3.5)",
     )
 
 

@@ -21,6 +21,11 @@ def sigma_to_flow_t(sigma: torch.Tensor) -> torch.Tensor:
     return sigma / (1 + sigma)
 
 
+def shift_flow_t(t: torch.Tensor, shift: float) -> torch.Tensor:
+    """Resolution-dependent time shift s·t/(1+(s−1)·t) (Esser et al. 2024, Sec. 5.3.2)."""
+    return t if shift == 1.0 else shift * t / (1 + (shift - 1) * t)
+
+
 def flow_t_to_sigma(t: torch.Tensor) -> torch.Tensor:
     """σ = t/(1−t)."""
     return t / (1 - t)
@@ -56,15 +61,16 @@ class FlowLoss:
         logit_std: float = 1.0,
         weighting: Weighting | None = None,
         offset_noise: float = 0.0,
+        shift: float = 1.0,
     ):
-        self.logit_mean, self.logit_std = logit_mean, logit_std
+        self.logit_mean, self.logit_std, self.shift = logit_mean, logit_std, shift
         self.weighting = weighting or Weighting("uniform")
         self.offset_noise = offset_noise
 
     def sample_t(self, n: int, generator: torch.Generator | None, device) -> torch.Tensor:
-        """Logit-normal flow times."""
+        """Logit-normal flow times, shifted toward noise by `shift` (SD3 Sec. 5.3.2)."""
         z = randn_on((n,), generator, device) * self.logit_std + self.logit_mean
-        return torch.sigmoid(z).clamp(1e-5, 1 - 1e-4)
+        return shift_flow_t(torch.sigmoid(z), self.shift).clamp(1e-5, 1 - 1e-4)
 
     def __call__(
         self,

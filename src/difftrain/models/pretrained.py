@@ -59,17 +59,19 @@ def read_json(path: Path) -> dict:
     return data
 
 
-def check_pipeline_dir(path: Path) -> None:
-    """A diffusers SD folder: every subfolder present, U-Net weights in safetensors."""
+def check_pipeline_dir(path: Path, subfolders: tuple[str, ...] = SUBFOLDERS) -> None:
+    """A diffusers pipeline folder: every subfolder present, model weights in safetensors."""
     if not path.is_dir():
         raise PretrainedError(f"{path}: no such directory (a local diffusers pipeline folder)")
-    missing = [s for s in SUBFOLDERS if not (path / s).is_dir()]
+    missing = [s for s in subfolders if not (path / s).is_dir()]
     if missing:
         raise PretrainedError(
-            f"{path}: not a Stable Diffusion pipeline folder, missing {', '.join(missing)}/ "
-            "(save one with StableDiffusionPipeline.save_pretrained)"
+            f"{path}: not a complete pipeline folder, missing {', '.join(missing)}/ "
+            "(save one with the pipeline's save_pretrained)"
         )
-    for sub in ("unet", "vae", "text_encoder"):
+    for sub in subfolders:
+        if sub.startswith(("tokenizer", "scheduler")):
+            continue
         if not list((path / sub).glob("*.safetensors")):
             pickled = [p.name for p in (path / sub).iterdir() if p.suffix in PICKLE_SUFFIXES]
             why = f" (only pickled {', '.join(pickled)})" if pickled else ""
@@ -91,27 +93,35 @@ def load_unet(path: Path):
 class TextStateCache:
     """Memoises a frozen text encoder's states per token row (prompts repeat: DreamBooth, "").
 
-    A plain object, not a module: the encoder stays registered once, under the backbone.
+    The encoder may return one tensor or a tuple of them (states, pooled embedding), one row
+    per prompt each. A plain object, not a module: the encoder stays registered once, under the
+    backbone.
     """
 
-    def __init__(self, text: TextEncoder, max_rows: int = 4096):
+    def __init__(self, text: nn.Module, max_rows: int = 4096):
         self.text, self.max_rows = text, max_rows
-        self.rows: dict[tuple[str, bytes], torch.Tensor] = {}
+        self.rows: dict[tuple[str, bytes], tuple[torch.Tensor, ...]] = {}
 
-    def __call__(self, cond: torch.Tensor | None, batch: int) -> torch.Tensor:
+    def __call__(self, cond: torch.Tensor | None, batch: int):
         if not self.text.frozen:  # a trained encoder's states change every step
             return self.text(cond, batch)
         ids = self.text.ids(cond, batch)
         keys = [(str(ids.device), r.cpu().numpy().tobytes()) for r in ids]
         todo = [i for i, k in enumerate(keys) if k not in self.rows]
+        single = True
         if todo:
             fresh = self.text(ids[todo], len(todo))
-            for i, s in zip(todo, fresh, strict=True):
+            single = isinstance(fresh, torch.Tensor)
+            parts = (fresh,) if single else tuple(fresh)
+            for j, i in enumerate(todo):
                 if len(self.rows) < self.max_rows:  # bounded: a caption set larger than this
-                    self.rows[keys[i]] = s.detach()  # is encoded each step beyond the cap
+                    self.rows[keys[i]] = tuple(p[j].detach() for p in parts)  # is re-encoded
             if len(self.rows) < len(set(keys)):
                 return self.text(ids, batch)
-        return torch.stack([self.rows[k] for k in keys])
+        else:
+            single = len(self.rows[keys[0]]) == 1
+        out = tuple(torch.stack(p) for p in zip(*(self.rows[k] for k in keys), strict=True))
+        return out[0] if single else out
 
 
 class PretrainedUNetBackbone(CondUNetBackbone):
@@ -167,23 +177,31 @@ def lora_layers(module: nn.Module) -> dict[str, torch.Tensor]:
 LORA_FILE = "pytorch_lora_weights.safetensors"  # the name load_lora_weights looks for
 
 
-def write_lora_file(unet: nn.Module, text_encoder: nn.Module | None, out_dir: Path) -> Path:
-    """Save the adapters as one diffusers LoRA safetensors file (atomically replaced)."""
+def write_lora_file(
+    pipeline: str, layers: dict[str, nn.Module | None], out_dir: Path, convert: bool = True
+) -> Path:
+    """Save the adapters as one diffusers LoRA safetensors file (atomically replaced).
+
+    `pipeline` names the diffusers pipeline class whose `save_lora_weights` writes it; `layers`
+    maps its keyword (`unet_lora_layers`, `transformer_lora_layers`, …) to the adapted module.
+    `convert`: peft → diffusers key names (U-Net pipelines; transformer pipelines store peft's).
+    """
     import os
     import shutil
     import uuid
 
-    from diffusers import StableDiffusionPipeline
+    import diffusers
+    from peft.utils import get_peft_model_state_dict
 
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / f".tmp-{uuid.uuid4().hex[:8]}"
+    state = {
+        key: (lora_layers(m) if convert else get_peft_model_state_dict(m))
+        for key, m in layers.items()
+        if m is not None
+    }
     try:
-        StableDiffusionPipeline.save_lora_weights(
-            tmp,
-            unet_lora_layers=lora_layers(unet),
-            text_encoder_lora_layers=None if text_encoder is None else lora_layers(text_encoder),
-            safe_serialization=True,
-        )
+        getattr(diffusers, pipeline).save_lora_weights(tmp, **state, safe_serialization=True)
         os.replace(tmp / LORA_FILE, out_dir / LORA_FILE)
     finally:
         if tmp.exists():  # ours

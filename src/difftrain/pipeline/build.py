@@ -111,7 +111,7 @@ def build_objective(cfg: Config):
         "iddpm": lambda: IDDPMLoss(
             vp_alphas_cumprod(cfg), prediction, w, d.offset_noise, d.vlb_weight
         ),
-        "flow": lambda: FlowLoss(d.logit_mean, d.logit_std, w, d.offset_noise),
+        "flow": lambda: FlowLoss(d.logit_mean, d.logit_std, w, d.offset_noise, d.flow_shift),
     }
     return objectives[d.objective]()
 
@@ -128,7 +128,7 @@ def build_sigmas(cfg: Config, steps: int, schedule: str | None = None) -> torch.
     if schedule == "karras":
         return karras_sigmas(steps, d.sigma_min, d.sigma_max, cfg.sample.rho)
     if d.objective == "flow":
-        return flow_sigmas(steps, d.sigma_max)
+        return flow_sigmas(steps, d.sigma_max, d.flow_shift)
     table = vp_sigmas(vp_alphas_cumprod(cfg))
     return uniform_sigmas(table, steps) if schedule == "uniform" else training_sigmas(table)
 

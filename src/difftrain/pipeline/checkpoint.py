@@ -99,6 +99,19 @@ def is_disk_full(err: BaseException) -> bool:
     return "No space left on device" in text or "Disk quota exceeded" in text
 
 
+def _unshared(group: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CPU tensors of a group, tied weights copied (safetensors refuses shared storage; T5 ties
+    its input embedding to `shared`): loading sets both names to the same values again."""
+    seen, out = set(), {}
+    for k, v in group.items():
+        t = v.detach().cpu().contiguous()
+        if t.untyped_storage().data_ptr() in seen:
+            t = t.clone()
+        seen.add(t.untyped_storage().data_ptr())
+        out[k] = t
+    return out
+
+
 def write_checkpoint(
     ckpt_root: Path,
     step: int,
@@ -117,10 +130,7 @@ def write_checkpoint(
     tmp.mkdir()
     try:
         for name, group in tensors.items():
-            save_file(
-                {k: v.detach().cpu().contiguous() for k, v in group.items()},
-                tmp / f"{name}.safetensors",
-            )
+            save_file(_unshared(group), tmp / f"{name}.safetensors")
             if after_each_file is not None:
                 after_each_file(tmp / f"{name}.safetensors")
         (tmp / "state.json").write_text(json.dumps(state, indent=1))

@@ -5,6 +5,8 @@ and build the backbone with what `finetune` says is trainable (full weights or L
 `resolve_pretrained` runs before anything else in `train`, so the run's saved `config.yaml`
 carries the mapped values and sampling, export and serving need no pipeline folder logic.
 A value the user set explicitly that disagrees with the pipeline is an error, never overridden.
+The folder's model_index.json names its family (models/families.py): SD 1.x/2.x and SDXL U-Nets
+map to `vp`; SD3 and FLUX transformers to `flow` (pipeline/pretrained_flow.py).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from torch import nn
 from difftrain.config import Config, ConfigError
 from difftrain.config.schema import FinetuneConfig
 from difftrain.diffusion import make_alphas_cumprod, vp_sigmas
+from difftrain.models.families import Family, detect_family
 from difftrain.models.pretrained import (
     PICKLE_SUFFIXES,
     PretrainedError,
@@ -25,6 +28,7 @@ from difftrain.models.pretrained import (
     load_pickled_state_dict,
     load_unet,
     read_json,
+    write_lora_file,
 )
 
 _BETA_SCHEDULES = {"linear": "linear", "scaled_linear": "scaled-linear",
@@ -48,10 +52,18 @@ def pipeline_path(cfg: Config) -> Path:
             "(see README, Fine-tuning Stable Diffusion)"
         )
     try:
-        check_pipeline_dir(path)
+        check_pipeline_dir(path, pipeline_family(path).subfolders)
     except PretrainedError as err:
         raise ConfigError(f"model.pretrained = '{path}': {err}") from None
     return path
+
+
+def pipeline_family(path: Path) -> Family:
+    """The family of a pipeline folder (its model_index.json), or a ConfigError naming it."""
+    try:
+        return detect_family(path)
+    except ValueError as err:
+        raise ConfigError(f"model.pretrained = '{path}': {err}") from None
 
 
 def scheduler_diffusion(path: Path) -> dict:
@@ -112,13 +124,20 @@ def resolve_pretrained(cfg: Config) -> Config:
             "model.pretrained fine-tunes a diffusion model: set model.kind = diffusion"
         )
     path = pipeline_path(cfg)
-    mapped = scheduler_diffusion(path)
-    sigmas = vp_sigmas(make_alphas_cumprod(
-        mapped["beta_schedule"], mapped["num_train_timesteps"], mapped.get("beta_start", 1e-4),
-        mapped.get("beta_end", 0.02), mapped["zero_terminal_snr"]))  # fmt: skip
-    # Sampling σ range: the pipeline's own training range (k-diffusion does the same for SD).
-    mapped |= {"sigma_min": float(sigmas[0]), "sigma_max": float(sigmas[-1])}
-    diffusion = _resolve_section(cfg.diffusion, mapped, "diffusion", tuple(mapped)[:5])
+    family = pipeline_family(path)
+    if family.flow:
+        from difftrain.pipeline.pretrained_flow import flow_diffusion, t5_length
+
+        mapped = flow_diffusion(path, cfg.data.resolution)
+        diffusion = _resolve_section(cfg.diffusion, mapped, "diffusion", ("objective", "flow_shift"))
+    else:
+        mapped = scheduler_diffusion(path)
+        sigmas = vp_sigmas(make_alphas_cumprod(
+            mapped["beta_schedule"], mapped["num_train_timesteps"], mapped.get("beta_start", 1e-4),
+            mapped.get("beta_end", 0.02), mapped["zero_terminal_snr"]))  # fmt: skip
+        # Sampling σ range: the pipeline's own training range (k-diffusion does the same for SD).
+        mapped |= {"sigma_min": float(sigmas[0]), "sigma_max": float(sigmas[-1])}
+        diffusion = _resolve_section(cfg.diffusion, mapped, "diffusion", tuple(mapped)[:5])
     if cfg.text.encoder == "scratch":
         raise ConfigError(
             "text.encoder = 'scratch' with model.pretrained: the pipeline brings its own text "
@@ -128,6 +147,8 @@ def resolve_pretrained(cfg: Config) -> Config:
         path / "tokenizer" / "tokenizer_config.json").is_file() else {}  # fmt: skip
     max_len = tok.get("model_max_length", 77)
     max_len = max_len if isinstance(max_len, int) and 3 <= max_len <= 512 else 77
+    if family.t5:  # text.max_length counts the T5 tokens (each CLIP keeps its 77)
+        max_len = t5_length(path, family)
     text = _resolve_section(
         cfg.text, {"encoder": "path", "path": path, "max_length": max_len}, "text",
         ("encoder", "path"),
@@ -144,11 +165,8 @@ def resolve_pretrained(cfg: Config) -> Config:
     return cfg.model_copy(update=update)
 
 
-def check_pretrained(cfg: Config) -> int:
-    """Checks of a model.pretrained run; returns the U-Net's downsampling factor."""
-    path = pipeline_path(cfg)
-    if cfg.diffusion.objective != "vp":
-        raise ConfigError("model.pretrained runs use diffusion.objective = 'vp' (its scheduler)")
+def _check_common(cfg: Config) -> None:
+    """Checks every family shares: a resolved config, no preset keys, DreamBooth drift."""
     if cfg.text.encoder != "path":
         raise ConfigError("model.pretrained: the config was not resolved (text.encoder)")
     explicit = cfg.model.model_fields_set & {"preset", "block_out_channels", "layers_per_block",
@@ -156,8 +174,27 @@ def check_pretrained(cfg: Config) -> int:
     if any(getattr(cfg.model, k) != type(cfg.model).model_fields[k].default for k in explicit):
         raise ConfigError(
             f"model.{sorted(explicit)[0]} is not used with model.pretrained (the pipeline's "
-            "unet/ sets the architecture); remove it"
+            "denoiser sets the architecture); remove it"
         )
+    db = cfg.finetune.dreambooth
+    if db is not None and db.class_prompt is None and db.drift_images:
+        raise ConfigError(
+            "finetune.dreambooth.drift_images > 0 needs finetune.dreambooth.class_prompt "
+            "(drift is measured on class prompts); set one or drift_images = 0"
+        )
+
+
+def check_pretrained(cfg: Config) -> int:
+    """Checks of a model.pretrained run; returns the U-Net's downsampling factor."""
+    path = pipeline_path(cfg)
+    family = pipeline_family(path)
+    _check_common(cfg)
+    if family.flow:
+        from difftrain.pipeline.pretrained_flow import check_flow
+
+        return check_flow(cfg, path, family)
+    if cfg.diffusion.objective != "vp":
+        raise ConfigError("model.pretrained runs use diffusion.objective = 'vp' (its scheduler)")
     try:
         unet = read_json(path / "unet" / "config.json")
         enc = read_json(path / "text_encoder" / "config.json")
@@ -177,12 +214,6 @@ def check_pretrained(cfg: Config) -> int:
             f"model.pretrained = '{path}': unet cross_attention_dim {cross} / in_channels "
             f"{in_ch} do not match text_encoder hidden_size {width} / vae latent_channels {latent_ch}"
         )
-    db = cfg.finetune.dreambooth
-    if db is not None and db.class_prompt is None and db.drift_images:
-        raise ConfigError(
-            "finetune.dreambooth.drift_images > 0 needs finetune.dreambooth.class_prompt "
-            "(drift is measured on class prompts); set one or drift_images = 0"
-        )
     return 2 ** (levels - 1)
 
 
@@ -191,6 +222,11 @@ def build_pretrained_backbone(cfg: Config) -> nn.Module:
     from difftrain.pipeline.text import build_text_encoder
 
     ft, path = cfg.finetune, pipeline_path(cfg)
+    family = pipeline_family(path)
+    if family.flow:
+        from difftrain.pipeline.pretrained_flow import build_flow_backbone
+
+        return build_flow_backbone(cfg, path, family)
     try:
         unet = load_unet(path)
     except (OSError, ValueError) as err:
@@ -217,3 +253,22 @@ def build_pretrained_backbone(cfg: Config) -> nn.Module:
             enable = getattr(text.model, "activation_checkpointing_enable", None)  # transformers 5
             (enable or text.model.gradient_checkpointing_enable)()
     return PretrainedUNetBackbone(unet, text, cache_text=ft.cache_text_embeddings)
+
+
+def write_run_lora(cfg: Config, backbone: nn.Module, out_dir: Path) -> Path:
+    """The run's adapters as the LoRA file its family's pipeline loads (`load_lora_weights`)."""
+    family = pipeline_family(Path(cfg.model.pretrained))
+    if family.flow:  # diffusers' SD3/FLUX scripts save peft's key names as they are
+        layers = {"transformer_lora_layers": backbone.transformer}
+        return write_lora_file(family.pipeline, layers, out_dir, convert=False)
+    layers = {"unet_lora_layers": backbone.unet}
+    if cfg.finetune.train_text_encoder:
+        layers |= lora_text_layers(backbone.text)
+    return write_lora_file(family.pipeline, layers, out_dir)
+
+
+def lora_text_layers(text: nn.Module) -> dict[str, nn.Module]:
+    """`text_encoder_lora_layers` (and `text_encoder_2_…` for SDXL) of a trained text encoder."""
+    models = list(text.models) if hasattr(text, "models") else [text.model]
+    names = ["text_encoder_lora_layers", "text_encoder_2_lora_layers"]
+    return dict(zip(names, models, strict=False))

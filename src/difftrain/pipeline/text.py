@@ -45,6 +45,14 @@ def open_tokenizer(cfg: Config, run_dir: Path | None = None, captions: list[str]
     trained on `captions` (a fresh run; `save_tokenizer` writes it once the run starts).
     """
     t = cfg.text
+    if t.encoder == "path" and (Path(t.path) / "tokenizer_2").is_dir():  # SDXL, SD3, FLUX
+        from difftrain.models.families import detect_family
+        from difftrain.models.pretrained_text import open_multi_tokenizer
+
+        try:
+            return open_multi_tokenizer(Path(t.path), detect_family(Path(t.path)), t.max_length)
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"text.path = '{t.path}': no usable tokenizers ({err})") from None
     if t.encoder == "path":
         try:
             return PretrainedTokenizer(_check_path(cfg, "tokenizer"), t.max_length)

@@ -57,8 +57,12 @@ def training_sigmas(train_sigmas: torch.Tensor) -> torch.Tensor:
     return timestep_sigmas(train_sigmas, torch.arange(len(train_sigmas) - 1, -1, -1))
 
 
-def flow_sigmas(n: int, sigma_max: float = 80.0) -> torch.Tensor:
-    """Uniform in flow time t from t_max = σ_max/(1+σ_max) to 0, as σ = t/(1−t); n+1 values."""
+def flow_sigmas(n: int, sigma_max: float = 80.0, shift: float = 1.0) -> torch.Tensor:
+    """Uniform in flow time t from t_max = σ_max/(1+σ_max) to 0, as σ = t/(1−t); n+1 values.
+
+    `shift` ≠ 1 maps each t to s·t/(1+(s−1)·t) (SD3's shifted schedule, Esser et al. 2024).
+    """
     t_max = sigma_max / (1 + sigma_max)
     t = torch.linspace(t_max, 0, n + 1, dtype=torch.float64)
+    t = shift * t / (1 + (shift - 1) * t)
     return (t / (1 - t)).float()

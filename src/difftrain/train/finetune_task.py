@@ -23,10 +23,10 @@ from safetensors.torch import load_file, save_file
 
 from difftrain.config import Config, ConfigError
 from difftrain.data import to_uint8
-from difftrain.models.pretrained import write_lora_file
 from difftrain.pipeline.build import sampling_kwargs
 from difftrain.pipeline.generate import generate, make_grid, save_image
 from difftrain.pipeline.latent import sample_shape
+from difftrain.pipeline.pretrained import write_run_lora
 from difftrain.train.task import DiffusionTask
 from difftrain.train.text_task import TextDiffusionTask
 
@@ -168,6 +168,4 @@ class FinetuneTask(TextDiffusionTask):
     def export(self, ema_model, run_dir: Path) -> None:
         super().export(ema_model, run_dir)
         if self.cfg.finetune.method == "lora":
-            backbone = ema_model.backbone
-            text = backbone.text.model if self.cfg.finetune.train_text_encoder else None
-            write_lora_file(backbone.unet, text, Path(run_dir) / LORA_DIR)
+            write_run_lora(self.cfg, ema_model.backbone, Path(run_dir) / LORA_DIR)
