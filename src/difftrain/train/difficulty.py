@@ -37,9 +37,7 @@ def difficulty_key(cfg: Config, images: torch.Tensor, labels: torch.Tensor | Non
     h = hashlib.sha256()
     settings = {
         "version": 1,
-        "order": cfg.train.curriculum.order.model_dump(
-            include={"probe_steps", "probe_batch_size"}
-        ),
+        "order": cfg.train.curriculum.order.model_dump(include={"probe_steps", "probe_batch_size"}),
         "model": cfg.model.model_dump(mode="json"),
         "diffusion": cfg.diffusion.model_dump(mode="json"),
         "lr": cfg.optim.lr,
