@@ -91,12 +91,16 @@ class DiskFullError(CheckpointError):
     """No space left while writing; the previous checkpoints are untouched."""
 
 
+# No room for the write: a full disk, a quota, or a file-size limit (ulimit -f, EFBIG).
+NO_ROOM = {errno.ENOSPC: "No space left on device", errno.EDQUOT: "Disk quota exceeded",
+           errno.EFBIG: "File too large"}  # fmt: skip
+
+
 def is_disk_full(err: BaseException) -> bool:
-    """ENOSPC/EDQUOT from Python, or the same OS error wrapped by safetensors' Rust writer."""
-    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+    """ENOSPC/EDQUOT/EFBIG from Python, or the same OS error wrapped by safetensors' Rust writer."""
+    if isinstance(err, OSError) and err.errno in NO_ROOM:
         return True
-    text = str(err)
-    return "No space left on device" in text or "Disk quota exceeded" in text
+    return any(text in str(err) for text in NO_ROOM.values())
 
 
 def _unshared(group: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -150,7 +154,8 @@ def write_checkpoint(
     except Exception as err:
         shutil.rmtree(tmp, ignore_errors=True)
         if is_disk_full(err):
-            raise disk_full_error(f"checkpoint step {step} under {ckpt_root}", ckpt_root) from None
+            what = f"checkpoint step {step} under {ckpt_root}"
+            raise disk_full_error(what, ckpt_root, err) from None
         raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -346,12 +351,16 @@ def resume_checkpoint(run_dir: Path) -> Path | None:
     return None
 
 
-def disk_full_error(what: str, ckpt_root: Path) -> DiskFullError:
+def disk_full_error(what: str, ckpt_root: Path, err: BaseException | None = None) -> DiskFullError:
     """The one message for a full disk, wherever it happens: what failed, what is intact, the fix."""
     good = newest_good(ckpt_root)[0]
     intact = f"the previous checkpoint {good.name} is intact" if good else "no earlier checkpoint"
+    limit = err is not None and (
+        getattr(err, "errno", None) == errno.EFBIG or NO_ROOM[errno.EFBIG] in str(err)
+    )
+    why = " (File too large: a file-size limit such as ulimit -f was reached)" if limit else ""
     return DiskFullError(
-        f"disk full while writing {what}; {intact}. "
+        f"disk full while writing {what}{why}; {intact}. "
         "Free space (or move train.run_dir), then run again with --resume"
     )
 
@@ -365,7 +374,7 @@ def stop_if_disk_full(what: str, ckpt_root: Path) -> Iterator[None]:
         raise
     except Exception as err:
         if is_disk_full(err):
-            raise disk_full_error(what, ckpt_root) from None
+            raise disk_full_error(what, ckpt_root, err) from None
         raise
 
 

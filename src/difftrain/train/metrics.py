@@ -7,7 +7,12 @@ import math
 import time
 from pathlib import Path
 
-from difftrain.pipeline.checkpoint import disk_full_error, is_disk_full
+from difftrain.pipeline.checkpoint import (
+    disk_full_error,
+    is_disk_full,
+    stop_if_disk_full,
+    write_text_atomic,
+)
 
 
 class MetricsLogger:
@@ -16,6 +21,7 @@ class MetricsLogger:
     def __init__(self, run_dir: Path, tensorboard: bool, enabled: bool = True):
         self.enabled = enabled
         self.path = run_dir / "metrics.jsonl"
+        self.ckpt_root = run_dir / "checkpoints"
         self.tb = None
         if enabled and tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -45,7 +51,7 @@ class MetricsLogger:
                     f.truncate(start)
                 except OSError:
                     pass
-                raise disk_full_error(str(self.path), self.path.parent / "checkpoints") from None
+                raise disk_full_error(str(self.path), self.ckpt_root, err) from None
         if self.tb is not None:
             for k, v in values.items():
                 if isinstance(v, (int, float)):
@@ -55,9 +61,14 @@ class MetricsLogger:
         """On resume, drop rows logged after the checkpoint so the file matches one clean run."""
         if not self.enabled or not self.path.is_file():
             return
-        rows = [r for r in self.path.read_text(errors="replace").splitlines() if r.strip()]
+        text = self.path.read_text(errors="replace")
+        rows = [r for r in text.splitlines() if r.strip()]
         kept = [r for r in rows if _step(r) is not None and _step(r) <= step]
-        self.path.write_text("".join(r + "\n" for r in kept))
+        if kept == rows and (not text or text.endswith("\n")):
+            return  # nothing to drop: leave the file as it is
+        # Atomic: a full disk here leaves the old file whole, never a truncated history.
+        with stop_if_disk_full(str(self.path), self.ckpt_root):
+            write_text_atomic(self.path, "".join(r + "\n" for r in kept))
 
     def close(self) -> None:
         """Close the TensorBoard writer."""

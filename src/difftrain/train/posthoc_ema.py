@@ -229,8 +229,12 @@ def _read_index(snap_dir: Path) -> list[dict]:
 def _write_index(snap_dir: Path, entries: list[dict]) -> None:
     entries = sorted(entries, key=lambda e: (e["step"], -e["gamma"]))
     tmp = snap_dir / f".{INDEX}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps({"snapshots": entries}, indent=1))
-    os.replace(tmp, snap_dir / INDEX)  # readers never see a half-written index
+    try:
+        tmp.write_text(json.dumps({"snapshots": entries}, indent=1))
+        os.replace(tmp, snap_dir / INDEX)  # readers never see a half-written index
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk leaves the old index and no partial file
+        raise
 
 
 def snapshot_due(step: int, every: int | None, max_steps: int) -> bool:
@@ -243,17 +247,28 @@ def save_snapshots(run_dir: Path, pema: PowerEMA) -> list[Path]:
     """Write each profile's current average at pema.step, then list them in index.json."""
     snap_dir = Path(run_dir) / SNAPSHOT_DIR
     snap_dir.mkdir(parents=True, exist_ok=True)
-    entries = {e["file"]: e for e in _read_index(snap_dir)}
-    paths = []
-    for sigma_rel, gamma, tensors in pema.snapshot():
-        name = f"step-{pema.step:07d}-sigma_rel-{sigma_rel:.4f}.safetensors"
-        meta = {"step": str(pema.step), "gamma": repr(gamma), "sigma_rel": repr(sigma_rel)}
-        tmp = snap_dir / f".{name}.tmp-{os.getpid()}"
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, snap_dir / name)
-        entries[name] = {"file": name, "step": pema.step, "gamma": gamma, "sigma_rel": sigma_rel}
-        paths.append(snap_dir / name)
-    _write_index(snap_dir, list(entries.values()))
+    listed = {e["file"]: e for e in _read_index(snap_dir)}
+    entries = dict(listed)
+    paths: list[Path] = []
+    try:
+        for sigma_rel, gamma, tensors in pema.snapshot():
+            name = f"step-{pema.step:07d}-sigma_rel-{sigma_rel:.4f}.safetensors"
+            meta = {"step": str(pema.step), "gamma": repr(gamma), "sigma_rel": repr(sigma_rel)}
+            tmp = snap_dir / f".{name}.tmp-{os.getpid()}"
+            try:
+                save_file(tensors, tmp, metadata=meta)
+                os.replace(tmp, snap_dir / name)
+            finally:
+                tmp.unlink(missing_ok=True)  # a failed write (full disk) leaves no partial file
+            entry = {"file": name, "step": pema.step, "gamma": gamma, "sigma_rel": sigma_rel}
+            entries[name] = entry
+            paths.append(snap_dir / name)
+        _write_index(snap_dir, list(entries.values()))
+    except BaseException:
+        for path in paths:  # written by this call but never listed: ours to remove
+            if path.name not in listed:
+                path.unlink(missing_ok=True)
+        raise
     return paths
 
 
