@@ -213,11 +213,12 @@ def train(
 
     if acc.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
+        # Atomic: a full disk leaves a resumed run's config.yaml whole, never half-written.
         with stop_if_disk_full(f"config.yaml in {run_dir}", ckpt_root):
-            (run_dir / "config.yaml").write_text(dump_config(cfg))
-            (run_dir / "environment.json").write_text(
-                json.dumps(environment(precision, world), indent=1)
-            )
+            write_text_atomic(run_dir / "config.yaml", dump_config(cfg))
+        with stop_if_disk_full(f"environment.json in {run_dir}", ckpt_root):
+            env_json = json.dumps(environment(precision, world), indent=1)
+            write_text_atomic(run_dir / "environment.json", env_json)
     logger = MetricsLogger(run_dir, cfg.logging.tensorboard, enabled=acc.is_main_process)
     logger.truncate_after(st.step)
     loss_spikes = SpikeDetector(tc.spike_window, tc.spike_factor)
@@ -495,7 +496,8 @@ def train(
             if stop:
                 stopped_early = True
                 if pema is not None and acc.is_main_process:
-                    save_snapshots(run_dir, pema)
+                    with stop_if_disk_full(f"post-hoc EMA snapshots in {run_dir}", ckpt_root):
+                        save_snapshots(run_dir, pema)
                 acc.print(
                     f"stopped at step {st.step} by the validation hook (a pruned sweep trial)"
                     if halt
