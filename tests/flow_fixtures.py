@@ -123,3 +123,31 @@ def make_tiny_flux(out: Path, seed: int = 0, guidance_embeds: bool = False) -> P
     )  # fmt: skip
     pipe.save_pretrained(out, safe_serialization=True)
     return out
+
+
+def make_tiny_sdxl(out: Path, seed: int = 0) -> Path:
+    """A tiny StableDiffusionXLPipeline (32 px → 16 px latents, two CLIPs, text_time embedding)."""
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+
+    clip_tok, _ = _tokenizers(out.with_name(out.name + "-tok"))
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, block_out_channels=(16, 32),
+        layers_per_block=1, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=4,
+        norm_num_groups=8, use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 32,
+        cross_attention_dim=64,
+    )  # fmt: skip
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        timestep_spacing="leading", steps_offset=1,
+    )  # fmt: skip
+    pipe = StableDiffusionXLPipeline(
+        unet=unet, vae=_vae(4, scaling_factor=0.13025), scheduler=scheduler,
+        text_encoder=_clip(clip_tok, False), tokenizer=clip_tok,
+        text_encoder_2=_clip(clip_tok, True), tokenizer_2=clip_tok,
+    )  # fmt: skip
+    pipe.save_pretrained(out, safe_serialization=True)
+    return out

@@ -5,6 +5,7 @@ transformer call, and the scheduler → `flow` mapping (shift, FLUX's dynamic sh
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -139,3 +140,50 @@ def test_denoiser_equals_diffusers_velocity(flow_run, imgs, tmp_path):
             sigma = torch.full((2,), t / (1 - t))
             ours = den(x_t / (1 - t), sigma, ids)  # σ-space input x0 + σ·ε
         assert torch.allclose(ours, x_t - t * v, atol=1e-4), (t, (ours - x_t + t * v).abs().max())
+
+
+def test_bad_flow_configs_exit_2(flow_run, imgs, tmp_path):
+    family, pipe, run = flow_run
+    cfg = write_config(tmp_path / "c.yaml", pipe, imgs, tmp_path / "r", text={"max_length": 8})
+    res = invoke("train", cfg, "--set", "finetune.train_text_encoder=true", code=2)
+    assert "finetune.train_text_encoder" in res.output and "not supported yet" in res.output
+    res = invoke("train", cfg, "--set", "diffusion.objective=flow", "--set",
+                 "diffusion.flow_shift=7", code=2)  # fmt: skip
+    assert "diffusion.flow_shift = 7.0 disagrees" in res.output
+    res = invoke("train", cfg, "--set", "diffusion.objective=vp", code=2)
+    assert "diffusion.objective = 'vp' disagrees" in res.output
+    res = invoke("export", run, "--format", "diffusers", "--out", tmp_path / "m", code=2)
+    assert "load_lora_weights" in res.output and not (tmp_path / "m").exists()
+
+
+def test_unknown_pipeline_class_and_scheduler_exit_2(flow_run, imgs, tmp_path):
+    import shutil
+
+    family, pipe, _ = flow_run
+    copy = tmp_path / "pipe"
+    shutil.copytree(pipe, copy)
+    index = json.loads((copy / "model_index.json").read_text())
+    (copy / "model_index.json").write_text(json.dumps(index | {"_class_name": "WanPipeline"}))
+    cfg = write_config(tmp_path / "c.yaml", copy, imgs, tmp_path / "r")
+    res = invoke("train", cfg, code=2)
+    assert "'WanPipeline' is not supported" in res.output
+    (copy / "model_index.json").write_text(json.dumps(index))
+    sched = copy / "scheduler" / "scheduler_config.json"
+    sched.write_text(json.dumps(json.loads(sched.read_text()) | {"_class_name": "DDIMScheduler"}))
+    res = invoke("train", cfg, code=2)
+    assert "needs FlowMatchEulerDiscreteScheduler" in res.output
+
+
+def test_flow_shift_in_training_times_and_sampling_schedule():
+    from difftrain.diffusion import FlowLoss
+    from difftrain.samplers import flow_sigmas
+
+    g = torch.Generator().manual_seed(0)
+    t1 = FlowLoss().sample_t(20000, g, "cpu")
+    t3 = FlowLoss(shift=3.0).sample_t(20000, torch.Generator().manual_seed(0), "cpu")
+    assert torch.allclose(t3, (3 * t1 / (1 + 2 * t1)).clamp(1e-5, 1 - 1e-4))
+    assert t3.median() > 0.7 > t1.median()  # shifted toward noise (median 0.75 vs 0.5)
+    s = flow_sigmas(4, 9999.0, 3.0)
+    t = s / (1 + s)
+    u = torch.linspace(9999 / 10000, 0, 5, dtype=torch.float64)
+    assert torch.allclose(t.double(), 3 * u / (1 + 2 * u), atol=1e-5) and s[-1] == 0

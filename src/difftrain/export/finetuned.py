@@ -37,6 +37,17 @@ def write_finetuned(run: LoadedRun, stage: Path) -> str:
             f"model.pretrained = '{base}': the base pipeline folder is gone; its tokenizer and "
             "scheduler are needed for the export"
         )
+    from difftrain.models.families import detect_family
+
+    try:
+        family = detect_family(base)
+    except ValueError as err:
+        raise ConfigError(f"model.pretrained: {err}") from None
+    if family.name != "sd":
+        raise ConfigError(
+            f"--format diffusers of a {family.pipeline} fine-tune (adapters merged) is not "
+            f"supported yet; load RUN/lora/ with {family.pipeline}.load_lora_weights instead"
+        )
     backbone = plain_denoiser(run).backbone
     unet = merge_lora(copy.deepcopy(backbone.unet))
     text = merge_lora(copy.deepcopy(backbone.text.model))

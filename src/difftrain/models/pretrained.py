@@ -223,3 +223,31 @@ def merge_lora(module: nn.Module) -> nn.Module:
     if hasattr(module, "peft_config"):
         del module.peft_config
     return module
+
+
+class SDXLBackbone(nn.Module):
+    """An SDXL U-Net with its two frozen CLIP encoders and micro-conditioning (Podell et al.
+    2023, Sec. 2.2): add_time_ids = (original h, w, crop top, left, target h, w) in pixels.
+
+    Every row is conditioned as uncropped at its own size — original = target = the latent
+    size × the VAE factor, crop (0, 0) — which is what `StableDiffusionXLPipeline` passes by
+    default at inference, so training and sampling see the same ids.
+    """
+
+    def __init__(self, unet: nn.Module, text: nn.Module, vae_factor: int, cache_text=True):
+        super().__init__()
+        self.unet, self.text, self.vae_factor = unet, text, vae_factor
+        self._cache = TextStateCache(text) if cache_text else None
+
+    def time_ids(self, x: torch.Tensor) -> torch.Tensor:
+        """B×6 micro-conditioning ids of latents x (B×C×h×w)."""
+        h, w = x.shape[-2] * self.vae_factor, x.shape[-1] * self.vae_factor
+        row = torch.tensor([h, w, 0, 0, h, w], device=x.device, dtype=x.dtype)
+        return row.expand(x.shape[0], -1)
+
+    def forward(self, x, noise_cond, cond=None):
+        states, pooled = (self._cache or self.text)(cond, x.shape[0])
+        added = {"text_embeds": pooled.to(x.dtype), "time_ids": self.time_ids(x)}
+        return self.unet(
+            x, noise_cond, encoder_hidden_states=states.to(x.dtype), added_cond_kwargs=added
+        ).sample

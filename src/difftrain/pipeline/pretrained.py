@@ -23,6 +23,7 @@ from difftrain.models.pretrained import (
     PICKLE_SUFFIXES,
     PretrainedError,
     PretrainedUNetBackbone,
+    SDXLBackbone,
     add_lora,
     check_pipeline_dir,
     load_pickled_state_dict,
@@ -129,7 +130,9 @@ def resolve_pretrained(cfg: Config) -> Config:
         from difftrain.pipeline.pretrained_flow import flow_diffusion, t5_length
 
         mapped = flow_diffusion(path, cfg.data.resolution)
-        diffusion = _resolve_section(cfg.diffusion, mapped, "diffusion", ("objective", "flow_shift"))
+        diffusion = _resolve_section(
+            cfg.diffusion, mapped, "diffusion", ("objective", "flow_shift")
+        )
     else:
         mapped = scheduler_diffusion(path)
         sigmas = vp_sigmas(make_alphas_cumprod(
@@ -197,17 +200,26 @@ def check_pretrained(cfg: Config) -> int:
         raise ConfigError("model.pretrained runs use diffusion.objective = 'vp' (its scheduler)")
     try:
         unet = read_json(path / "unet" / "config.json")
-        enc = read_json(path / "text_encoder" / "config.json")
+        encs = [read_json(path / s / "config.json") for s in family.text_encoders]
         vae = read_json(path / "vae" / "config.json")
         levels = len(unet["block_out_channels"])
         in_ch, cross = int(unet["in_channels"]), unet["cross_attention_dim"]
-        width, latent_ch = int(enc["hidden_size"]), int(vae["latent_channels"])
+        width, latent_ch = sum(int(e["hidden_size"]) for e in encs), int(vae["latent_channels"])
     except (PretrainedError, KeyError, TypeError, ValueError) as err:
         raise ConfigError(f"model.pretrained = '{path}': unreadable config ({err})") from None
-    if unet.get("addition_embed_type") or isinstance(cross, list):
+    if family.name == "sdxl" and cfg.finetune.train_text_encoder:
+        raise ConfigError(
+            "finetune.train_text_encoder with an SDXL pipeline: not supported yet (its two "
+            "text encoders stay frozen); set finetune.train_text_encoder = false"
+        )
+    if family.name == "sdxl" and unet.get("addition_embed_type") != "text_time":
+        raise ConfigError(f"model.pretrained = '{path}': an SDXL unet/ needs addition_embed_type "
+                          "'text_time' (pooled text + micro-conditioning)")  # fmt: skip
+    if family.name == "sd" and (unet.get("addition_embed_type") or isinstance(cross, list)):
         raise ConfigError(
             f"model.pretrained = '{path}': an SDXL-style U-Net (two text encoders, micro-"
-            "conditioning) is not supported yet; use a Stable Diffusion 1.x/2.x pipeline"
+            "conditioning) in a folder whose model_index.json does not say "
+            "StableDiffusionXLPipeline; save it with StableDiffusionXLPipeline.save_pretrained"
         )
     if cross != width or in_ch != latent_ch:
         raise ConfigError(
@@ -226,12 +238,12 @@ def build_pretrained_backbone(cfg: Config) -> nn.Module:
     if family.flow:
         from difftrain.pipeline.pretrained_flow import build_flow_backbone
 
-        return build_flow_backbone(cfg, path, family)
+        return build_flow_backbone(cfg, path, family, _multi_text(cfg, path, family))
     try:
         unet = load_unet(path)
     except (OSError, ValueError) as err:
         raise ConfigError(f"model.pretrained = '{path}': cannot load unet/ ({err})") from None
-    text = build_text_encoder(cfg)  # frozen
+    text = build_text_encoder(cfg) if family.name == "sd" else _multi_text(cfg, path, family)
     lora = ft.lora
     try:
         if ft.method == "lora":
@@ -252,7 +264,26 @@ def build_pretrained_backbone(cfg: Config) -> nn.Module:
         if ft.train_text_encoder:
             enable = getattr(text.model, "activation_checkpointing_enable", None)  # transformers 5
             (enable or text.model.gradient_checkpointing_enable)()
+    if family.name == "sdxl":
+        from difftrain.pipeline.pretrained_flow import vae_downsample
+
+        return SDXLBackbone(unet, text, vae_downsample(path), ft.cache_text_embeddings)
     return PretrainedUNetBackbone(unet, text, cache_text=ft.cache_text_embeddings)
+
+
+def _multi_text(cfg: Config, path: Path, family: Family) -> nn.Module:
+    """The frozen text encoders of a several-encoder pipeline (SDXL, SD3, FLUX)."""
+    from difftrain.models.pretrained_text import MultiTextEncoder, load_text_encoders
+    from difftrain.pipeline.text import open_tokenizer
+
+    tok = open_tokenizer(cfg)
+    try:
+        encoders = load_text_encoders(path, family)
+    except (OSError, ValueError) as err:
+        raise ConfigError(
+            f"model.pretrained = '{path}': cannot load its text encoders ({err})"
+        ) from None
+    return MultiTextEncoder(encoders, tok.lengths, tok.encode([""]), family.name)
 
 
 def write_run_lora(cfg: Config, backbone: nn.Module, out_dir: Path) -> Path:

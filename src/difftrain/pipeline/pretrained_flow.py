@@ -103,20 +103,17 @@ def check_flow(cfg: Config, path: Path, family: Family) -> int:
     return 2
 
 
-def build_flow_backbone(cfg: Config, path: Path, family: Family) -> nn.Module:
-    """The pipeline's transformer (LoRA adapters or full weights) and frozen text encoders."""
+def build_flow_backbone(cfg: Config, path: Path, family: Family, text: nn.Module) -> nn.Module:
+    """The pipeline's transformer (LoRA adapters or full weights) with its frozen text encoders."""
     from difftrain.models.pretrained_flow import FluxBackbone, SD3Backbone, load_transformer
-    from difftrain.models.pretrained_text import MultiTextEncoder, load_text_encoders
-    from difftrain.pipeline.text import open_tokenizer
 
     ft = cfg.finetune
-    tok = open_tokenizer(cfg)
     try:
         transformer = load_transformer(path, family.name)
-        encoders = load_text_encoders(path, family)
     except (OSError, ValueError) as err:
-        raise ConfigError(f"model.pretrained = '{path}': cannot load it ({err})") from None
-    text = MultiTextEncoder(encoders, tok.lengths, tok.encode([""]), family.name)
+        raise ConfigError(
+            f"model.pretrained = '{path}': cannot load transformer/ ({err})"
+        ) from None
     if ft.method == "lora":
         lora = ft.lora
         try:
