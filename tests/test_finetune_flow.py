@@ -76,6 +76,7 @@ def test_config_maps_scheduler_to_flow(flow_run):
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     d = cfg["diffusion"]
     assert d["objective"] == "flow" and cfg["text"]["max_length"] == T5_TOKENS
+    assert cfg["sample"]["schedule"] == "uniform"  # uniform in t, then shifted: FlowMatchEuler's
     if family == "sd3":
         assert d["flow_shift"] == 3.0  # the scheduler's static shift
     else:  # FLUX: exp(μ) at 32 px → 16 px latents → 8×8 = 64 packed tokens

@@ -108,3 +108,15 @@ def test_sdxl_text_encoder_training_refused(sdxl_run, tmp_path):
                        finetune={"train_text_encoder": True})  # fmt: skip
     res = invoke("train", cfg, code=2)
     assert "finetune.train_text_encoder with an SDXL pipeline" in res.output
+
+
+@pytest.mark.parametrize("name", ["sdxl-lora.yaml", "sd3-lora.yaml"])
+def test_config_examples_are_valid_and_placeholders_fail_clearly(name):
+    from difftrain.config import load_config
+    from tests.conftest import REPO
+
+    example = REPO / "configs" / name
+    cfg = load_config(example)
+    assert cfg.finetune.method == "lora" and cfg.finetune.gradient_checkpointing
+    res = invoke("train", example, "--dry-run", code=2)
+    assert f"model.pretrained = '{cfg.model.pretrained}'" in res.output

@@ -165,6 +165,9 @@ def resolve_pretrained(cfg: Config) -> Config:
         # off unless asked for when fine-tuning a pretrained pipeline.
         train = train.model_copy(update={"posthoc_ema_sigma_rels": []})
     update = {"diffusion": diffusion, "text": text, "latent": latent, "train": train}
+    if family.flow and "schedule" not in cfg.sample.model_fields_set:
+        # The pipeline's own sampling schedule: uniform in t, shifted (FlowMatchEuler).
+        update["sample"] = cfg.sample.model_copy(update={"schedule": "uniform"})
     return cfg.model_copy(update=update)
 
 
