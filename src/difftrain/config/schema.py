@@ -387,6 +387,18 @@ class TrainConfig(Section):
     label_dropout: float = Field(0.1, ge=0, lt=1, description="share of labels replaced by null")
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
     channels_last: bool = Field(False, description="NHWC weights and activations (GPU speed)")
+    compile: bool = Field(False, description="torch.compile the backbone (needs a C++ compiler)")
+    guard_on_device: bool = Field(
+        False,
+        description="decide guard skips on the device (needs optim.fused): no per-step host "
+        "sync; counters are read every log_every steps, so a rollback waits until then",
+    )
+    # Data parallelism: ddp replicates the model; fsdp shards weights, gradients, optimizer state.
+    distributed: Literal["ddp", "fsdp"] = "ddp"
+    fsdp_min_params: int = Field(
+        1_000_000, gt=0, description="fsdp: submodules with at least this many weights are "
+        "sharded as their own unit (all-gathered one at a time)",
+    )  # fmt: skip
     # Guards: skip non-finite or spiking steps; roll back after a streak; stop after repeats.
     max_bad_steps: int = Field(5, gt=0, description="consecutive skipped steps before a rollback")
     max_rollbacks: int = Field(3, ge=0, description="rollbacks before stopping with a report")

@@ -32,14 +32,17 @@ class EMA:
         self.model = copy.deepcopy(model, shared).float().eval().requires_grad_(False)
 
     @torch.no_grad()
-    def update(self, model: nn.Module, beta: float) -> None:
+    def update(self, model: nn.Module, beta: float, skip: torch.Tensor | None = None) -> None:
+        """Average in the model's weights; `skip` (a device bool) holds them without a host read."""
         src = model.state_dict()
+        # As a float32 tensor the weight rounds as the scalar does: the same result either way.
+        weight = 1 - beta if skip is None else torch.where(skip, 0.0, 1 - beta)
         for name, p in self.model.state_dict().items():
             s = src[name].detach()
             if p.data_ptr() == s.data_ptr():  # a shared frozen weight: nothing to average
                 continue
             if p.dtype.is_floating_point:
-                p.lerp_(s.to(p.dtype), 1 - beta)
+                p.lerp_(s.to(p.dtype), weight)
             else:
                 p.copy_(s)
 
@@ -65,10 +68,15 @@ class EMABank:
         self.emas = {halflife_group(h): (h, EMA(model)) for h in halflives_kimg}
 
     def update(
-        self, model: nn.Module, batch_images: int, images_seen: int, rampup: float | None
+        self,
+        model: nn.Module,
+        batch_images: int,
+        images_seen: int,
+        rampup: float | None,
+        skip: torch.Tensor | None = None,
     ) -> None:
         for halflife, ema in self.emas.values():
-            ema.update(model, ema_beta(batch_images, halflife, images_seen, rampup))
+            ema.update(model, ema_beta(batch_images, halflife, images_seen, rampup), skip)
 
     def to(self, device: torch.device | str) -> EMABank:
         for _, ema in self.emas.values():

@@ -32,8 +32,10 @@ from difftrain.pipeline.checkpoint import (
 )
 from difftrain.pipeline.pretrained import resolve_pretrained
 from difftrain.train.batches import open_batches, per_rank_stream, validation_tensors
+from difftrain.train.compile import compile_backbone
 from difftrain.train.curriculum import Curriculum, check_config_curriculum
 from difftrain.train.data_watch import WatchedBatches
+from difftrain.train.device_guard import DeviceGuard, check_device_guard
 from difftrain.train.ema import EMA, EMABank, ema_beta
 from difftrain.train.faults import (
     announce,
@@ -42,13 +44,23 @@ from difftrain.train.faults import (
     install_activation_faults,
     parse_faults,
 )
+from difftrain.train.fsdp import (
+    FullWeights,
+    check_fsdp,
+    full_model_state,
+    full_optimizer_state,
+    load_full_model_state,
+    shard_model,
+    shard_optimizer_state,
+    whole,
+)
 from difftrain.train.guards import SpikeDetector, classify_step, first_nonfinite, skip_update
 from difftrain.train.metrics import MetricsLogger
 from difftrain.train.optim import build_optimizer, lr_at
 from difftrain.train.posthoc_ema import PowerEMA, save_snapshots, snapshot_due, truncate_snapshots
 from difftrain.train.setup import describe, environment, resolve_precision
 from difftrain.train.stream import mix_seed
-from difftrain.train.task import build_task
+from difftrain.train.task import Task, build_task
 from difftrain.train.time_budget import TimeBudget, agreed, agreed_plan
 
 
@@ -161,9 +173,18 @@ def train(
         trainable = sum(p.numel() for p in params if p.requires_grad)
         return describe(cfg, data, val, sum(p.numel() for p in params), trainable)
     objective = task.objective
+    aux = type(task).aux_step is not Task.aux_step  # an extra update per step (discriminator)
+    check_fsdp(cfg, precision, aux)
+    check_device_guard(cfg, precision, aux)
+    ema = EMA(denoiser)  # a whole float32 copy, taken before any sharding
+    sharded = tc.distributed == "fsdp" and world > 1  # one process: nothing to shard
+    if sharded:  # before the optimizer, which must hold the sharded weights
+        units = shard_model(denoiser.to(acc.device), tc.fsdp_min_params)
+        acc.print(f"train.distributed = fsdp: the model is sharded in {units} units over {world}")
+    elif tc.distributed == "fsdp":
+        acc.print("train.distributed = fsdp with one process: nothing to shard; trains whole")
     # Only trainable weights: frozen ones (a LoRA run's base U-Net) get no optimizer state.
     optimizer = build_optimizer([p for p in denoiser.parameters() if p.requires_grad], cfg.optim)
-    ema = EMA(denoiser)
 
     def restore(path: Path) -> None:
         """Load weights, EMA, optimizer and run state from a checkpoint (resume and rollback)."""
@@ -171,9 +192,14 @@ def train(
         tensors, state = read_checkpoint(
             path, ["model", "ema", "optimizer", "posthoc_ema", *bank.emas, *task.aux_groups]
         )
-        acc.unwrap_model(denoiser).load_state_dict(tensors["model"])
+        opt_state = unflatten_state(state["optimizer"], tensors["optimizer"])
+        if sharded:  # whole tensors in the checkpoint, cut into this rank's shards
+            load_full_model_state(denoiser, tensors["model"])
+            opt_state = shard_optimizer_state(optimizer, opt_state)
+        else:
+            acc.unwrap_model(denoiser).load_state_dict(tensors["model"])
         ema.load_state_dict(tensors["ema"])
-        optimizer.load_state_dict(unflatten_state(state["optimizer"], tensors["optimizer"]))
+        optimizer.load_state_dict(opt_state)
         st = RunState.load(state, path)
         bank.load_state_dicts(tensors)
         task.load_aux_state(tensors, state.get("aux", {}))
@@ -194,15 +220,17 @@ def train(
     curriculum = Curriculum.build(cfg, data, run_dir, acc, log=acc.print)
     if tc.channels_last:  # NHWC: faster convolutions on tensor cores; the same model
         denoiser.to(memory_format=torch.channels_last)
-    denoiser, optimizer = acc.prepare(denoiser, optimizer)
+    if sharded:  # accelerate would wrap the sharded model in DDP on CPU processes
+        optimizer = acc.prepare(optimizer)
+    else:
+        denoiser, optimizer = acc.prepare(denoiser, optimizer)
+    if tc.compile:  # in place: weight names and checkpoints unchanged
+        compile_backbone(acc.unwrap_model(denoiser))
     ema.model.to(acc.device)
     # Extra classic EMAs and the power-function EMAs whose snapshots allow post-hoc EMA (EDM2).
-    bank = EMABank(acc.unwrap_model(denoiser), tc.ema_halflives_kimg)
-    pema = (
-        PowerEMA(acc.unwrap_model(denoiser), tc.posthoc_ema_sigma_rels)
-        if tc.posthoc_ema_sigma_rels
-        else None
-    )
+    whole_model = ema.model if sharded else acc.unwrap_model(denoiser)  # still equal weights
+    bank = EMABank(whole_model, tc.ema_halflives_kimg)
+    pema = PowerEMA(whole_model, tc.posthoc_ema_sigma_rels) if tc.posthoc_ema_sigma_rels else None
     if start_ckpt is not None:
         restore(start_ckpt)
         if acc.scaler is not None and st.scaler:  # else a resumed fp16 run re-learns its scale
@@ -225,6 +253,10 @@ def train(
     grad_spikes = SpikeDetector(tc.spike_window, tc.spike_factor)
     loss_spikes.load(st.loss_window)
     grad_spikes.load(st.grad_window)
+    dguard = None
+    if tc.guard_on_device:  # the same windows and streak, kept on the device
+        dguard = DeviceGuard(tc.spike_window, tc.spike_factor, acc.device)
+        dguard.load(st.loss_window, st.grad_window, st.bad_streak)
     val_x, val_y = validation_tensors(val, 512)  # bounded cost; pixels or latents
     val_n = len(val_x)
     # Sample-quality evaluation during training (off unless eval.every > 0); main process only.
@@ -236,17 +268,17 @@ def train(
 
     def save() -> None:
         # Checkpoint: model and EMA as safetensors; optimizer flattened; the rest JSON.
+        # FSDP: every rank takes part in gathering the whole weights and optimizer state.
+        model_sd = full_model_state(denoiser) if sharded else None
+        opt_sd = full_optimizer_state(optimizer) if sharded else optimizer.state_dict()
         if not acc.is_main_process:
             return
         st.processes = world
-        st.stream, st.loss_window, st.grad_window = (
-            data.state(),
-            loss_spikes.state(),
-            grad_spikes.state(),
-        )
+        windows = (loss_spikes.state(), grad_spikes.state()) if dguard is None else dguard.windows()
+        st.stream, (st.loss_window, st.grad_window) = data.state(), windows
         st.scaler = acc.scaler.state_dict() if acc.scaler is not None else {}
         st.curriculum = curriculum.state()
-        opt_tensors, opt_skeleton = flatten_state(optimizer.state_dict())
+        opt_tensors, opt_skeleton = flatten_state(opt_sd)
         aux_tensors, aux_json = task.aux_state()  # e.g. the discriminator and its optimizer
         state = {
             "step": st.step,
@@ -256,7 +288,7 @@ def train(
             "data": {"num_classes": data.num_classes, "class_names": data.class_names},
         }
         tensors = {
-            "model": acc.unwrap_model(denoiser).state_dict(),
+            "model": model_sd if sharded else acc.unwrap_model(denoiser).state_dict(),
             "ema": ema.state_dict(),
             "optimizer": opt_tensors,
         }
@@ -318,6 +350,27 @@ def train(
             (run_dir / "forensics.json").write_text(json.dumps(report, indent=1))
         return report
 
+    def guard_read_due(step: int, max_steps: int) -> bool:
+        """Device guard: read it where the loop logs, checkpoints, may stop for time, or ends."""
+        return (
+            step % tc.log_every == 0
+            or step % tc.checkpoint_every == 0
+            or step >= max_steps
+            or budget.limit_s is not None
+        )
+
+    def read_guard(loss_t: torch.Tensor, grad_norm_t: torch.Tensor) -> tuple[float, float]:
+        """Device guard: one host read; account for the updates skipped since the last one."""
+        skips, st.bad_streak = dguard.read(tc.max_bad_steps)
+        for why, n in skips.items():
+            st.skipped_steps += n
+            st.skip_reasons[why] = st.skip_reasons.get(why, 0) + n
+        if skips:
+            logger.log(st.step + 1, {"guard/skipped": sum(skips.values()),
+                                     **{f"guard/{why}": n for why, n in skips.items()}})  # fmt: skip
+            acc.print(f"steps up to {st.step + 1}: updates skipped on the device {skips}")
+        return loss_t.item(), float(grad_norm_t)
+
     if st.step == 0 and start_ckpt is None:
         save()  # a step-0 checkpoint: a rollback target from the very first step
 
@@ -334,7 +387,7 @@ def train(
         desc="train",
         dynamic_ncols=True,
     )
-    loss_value, stopped_early = float("nan"), False
+    loss_value, grad_norm, stopped_early = float("nan"), float("nan"), False
     denoiser.train()
     while st.step < max_steps:
         gen = step_generators(st.step)
@@ -357,14 +410,21 @@ def train(
             loss_sum += loss.detach()
 
         # Guards: clip; skip the update on a non-finite or spiking loss or gradient norm.
-        grad_norm = float(
+        grad_norm_t = whole(
             acc.clip_grad_norm_(denoiser.parameters(), cfg.optim.grad_clip or float("inf"))
         )
-        loss_value = acc.reduce(loss_sum, reduction="mean").item()
-        reason = classify_step(loss_value, grad_norm, loss_spikes, grad_spikes)
+        loss_t = acc.reduce(loss_sum, reduction="mean")
+        # train.guard_on_device: the same decision as a device tensor; no host read this step.
+        skip = dguard.check(loss_t, grad_norm_t) if dguard is not None else None
+        reason = None
+        if skip is None:  # on the host: one sync per step
+            grad_norm, loss_value = float(grad_norm_t), loss_t.item()
+            reason = classify_step(loss_value, grad_norm, loss_spikes, grad_spikes)
         if reason == "nonfinite_grad" and acc.scaler is not None and acc.scaler.get_scale() >= 1:
             reason = "fp16_overflow"  # the scaler's routine skip-and-back-off, not a divergence
-        if reason is None:
+        if skip is not None:
+            dguard.optimizer_step(optimizer, skip)  # the fused kernel skips when `skip`
+        elif reason is None:
             optimizer.step()
             task.aux_step()  # e.g. the discriminator's update, on this step's reconstructions
             loss_spikes.add(loss_value)
@@ -388,6 +448,8 @@ def train(
                 f"step {st.step + 1}: {reason} (loss {loss_value:.4g}, grad norm {grad_norm:.4g}); update skipped"
             )
         optimizer.zero_grad(set_to_none=True)
+        if skip is not None and guard_read_due(st.step + 1, max_steps):
+            loss_value, grad_norm = read_guard(loss_t, grad_norm_t)  # sets st.bad_streak
 
         # Rollback after a streak of bad steps: last good checkpoint, lower LR; stop after too many.
         if st.bad_streak >= tc.max_bad_steps:
@@ -407,6 +469,8 @@ def train(
             data.restore(st.stream)
             loss_spikes.load(st.loss_window)
             grad_spikes.load(st.grad_window)
+            if dguard is not None:
+                dguard.load(st.loss_window, st.grad_window, 0)
             logger.log(st.step, {"guard/rollback": rollbacks, "guard/lr_scale": scale})
             acc.print(
                 f"rolled back to {good.name}; LR scale now {scale:g} (rollback {rollbacks}/{tc.max_rollbacks})"
@@ -416,12 +480,14 @@ def train(
 
         # EMA: half-life in images, so it does not depend on the batch size.
         st.images_seen += tc.batch_size
-        if reason is None:
+        weights = FullWeights(denoiser) if sharded else acc.unwrap_model(denoiser)  # fsdp: gathered
+        if reason is None:  # a device-guarded step passes `skip`: the EMAs hold where it is true
             ema.update(
-                acc.unwrap_model(denoiser),
+                weights,
                 ema_beta(tc.batch_size, tc.ema_halflife_kimg, st.images_seen, tc.ema_rampup),
+                skip,
             )
-            bank.update(acc.unwrap_model(denoiser), tc.batch_size, st.images_seen, tc.ema_rampup)
+            bank.update(weights, tc.batch_size, st.images_seen, tc.ema_rampup, skip)
         st.step += 1
         # Time budget: fix the run's length once from the measured step rate; stop at the limit.
         if budget.step_done() and st.planned_steps is None:
@@ -431,7 +497,7 @@ def train(
             acc.print(f"train.time_limit = {tc.time_limit}: {max_steps} steps planned")
         time_stop = budget.limit_s is not None and st.step < max_steps and agreed(acc, budget)
         if pema is not None:  # every step, skipped ones too (the weights were held)
-            pema.update(acc.unwrap_model(denoiser), st.step)
+            pema.update(weights, st.step)
             if acc.is_main_process and (
                 snapshot_due(st.step, tc.posthoc_snapshot_every, max_steps) or time_stop
             ):
