@@ -188,3 +188,32 @@ def test_flow_shift_in_training_times_and_sampling_schedule():
     t = s / (1 + s)
     u = torch.linspace(9999 / 10000, 0, 5, dtype=torch.float64)
     assert torch.allclose(t.double(), 3 * u / (1 + 2 * u), atol=1e-5) and s[-1] == 0
+
+
+def test_sample_cli_on_a_flow_run(flow_run, tmp_path):
+    family, _, run = flow_run
+    res = invoke("sample", run, "--num", 2, "--steps", 2, "--prompt", PROMPT, "--guidance", 2,
+                 "--out", tmp_path / "out")  # fmt: skip
+    assert len(list((tmp_path / "out").glob("*.png"))) >= 2, res.output
+
+
+def test_dreambooth_full_finetune_on_sd3(imgs, tmp_path):
+    """DreamBooth with prior preservation and full transformer weights, on the SD3 family."""
+    pipe = make_tiny_sd3(tmp_path / "pipe")
+    db = {"instance_prompt": PROMPT, "class_prompt": "a photo of a dog", "num_class_images": 2,
+          "class_steps": 2, "drift_images": 1}  # fmt: skip
+    cfg = write_config(
+        tmp_path / "c.yaml", pipe, imgs, tmp_path / "run", text={"max_length": 8},
+        finetune={"method": "full", "dreambooth": db}, data={"val_fraction": 0.0},
+        sample={"prompts": []}, optim={"lr": 1e-3},
+        train={"max_steps": 2, "best_metric": "val/prior_drift"},
+    )  # fmt: skip
+    invoke("train", cfg)
+    x = load_file(tmp_path / "run" / "dreambooth" / "class_latents.safetensors")["class_x0"]
+    assert x.shape == (2, 4, 16, 16)
+    rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any("val/prior_drift" in r for r in rows)
+    model = load_file(tmp_path / "run" / "checkpoints" / "step-0000002" / "model.safetensors")
+    base = load_file(pipe / "transformer" / "diffusion_pytorch_model.safetensors")
+    k = "pos_embed.proj.weight"
+    assert not torch.equal(model[f"backbone.transformer.{k}"], base[k])  # full weights trained
