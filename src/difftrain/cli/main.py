@@ -100,6 +100,9 @@ app.command(name="explain")(explain)
 from difftrain.cli.sweep_cmd import sweep  # noqa: E402
 
 app.command(name="sweep")(sweep)
+from difftrain.cli.reward_cmd import finetune_reward  # noqa: E402
+
+app.command(name="finetune-reward")(finetune_reward)
 
 
 def main() -> None:

@@ -715,6 +715,46 @@ class SequenceConfig(Section):
     )
 
 
+class RewardConfig(Section):
+    """Reward fine-tuning (`difftrain finetune-reward`): DDPO or DRaFT-K on the model's samples."""
+
+    source: Path = Field(..., description="run directory whose weights start the fine-tuning")
+    checkpoint: Path | None = Field(
+        None, description="source checkpoint (its EMA weights); null = its latest good one"
+    )
+    name: str = Field(
+        "class-prob",
+        description="class-prob, jpeg-compressibility, jpeg-incompressibility, mlp or python",
+    )
+    scorer: Path | None = Field(None, description="mlp: safetensors MLP over domain features")
+    callable: str | None = Field(
+        None, description="python: 'module.path:function' (imports and runs trusted code)"
+    )
+    method: Literal["ddpo", "draft"] = Field("ddpo", description="DDPO or DRaFT-K")
+    steps: int = Field(10, ge=2, le=1000, description="ancestral sampler steps per trajectory")
+    eta: float = Field(1.0, ge=0, le=1, description="ancestral noise (ddpo needs > 0)")
+    sigma_min: float = Field(
+        0.02, gt=0, description="smallest nonzero σ of the reward sampler (karras schedule); "
+        "DDPO's gradient noise grows as its last step's σ shrinks",
+    )
+    draft_k: int = Field(1, gt=0, description="draft: backpropagate through the last K steps")
+    clip_range: float = Field(1e-4, gt=0, lt=1, description="ddpo: importance-ratio clip range")
+    reuse: int = Field(
+        1, gt=0, le=64, description="ddpo: optimizer steps per sampled batch (ratios leave 1)"
+    )
+    timestep_fraction: float = Field(
+        1.0, gt=0, le=1, description="ddpo: share of policy steps trained per optimizer step"
+    )
+    adv_clip: float = Field(5.0, gt=0, description="ddpo: advantages clipped to ±this")
+    penalty: float = Field(
+        0.0, ge=0, description="λ of λ·‖θ − θ_start‖² (distance to the starting weights)"
+    )
+    val_num: int = Field(
+        64, ge=0, le=MAX_EVAL_IMAGES, description="samples scored at each validation (eval/reward)"
+    )
+    jpeg_quality: int = Field(95, ge=1, le=100, description="jpeg rewards: PIL quality")
+
+
 class LoggingConfig(Section):
     tensorboard: bool = True
     progress: bool = True
@@ -735,3 +775,4 @@ class Config(Section):
     autoencoder: AutoencoderConfig = AutoencoderConfig()
     finetune: FinetuneConfig = FinetuneConfig()
     sequence: SequenceConfig = SequenceConfig()
+    reward: RewardConfig | None = None

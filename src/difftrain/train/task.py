@@ -93,6 +93,10 @@ def build_task(cfg: Config, data, val: ImageData, device: torch.device | str = "
         reference = getattr(data, "data", val)  # in-memory training images; streamed: validation
         return AutoencoderTask(cfg, to_model_range(reference.images[: cfg.autoencoder.scaling_images]),
                                val, device)  # fmt: skip
+    if getattr(cfg, "reward", None) is not None:  # reward fine-tuning: DDPO / DRaFT-K step
+        from difftrain.train.reward_task import RewardTask
+
+        return RewardTask(cfg, data.num_classes)
     if cfg.data.source == "sequence":  # 1-D windows, missing values masked in the loss
         from difftrain.train.sequence_task import SequenceTask
 
