@@ -691,6 +691,11 @@ class FinetuneConfig(Section):
     cache_text_embeddings: bool = Field(
         True, description="frozen text encoder: reuse the states of repeated token rows"
     )
+    flux_guidance: float = Field(
+        3.5, ge=0, le=100,
+        description="FLUX with a guidance embedding (FLUX.1-dev): the distilled guidance value "
+        "fed to the transformer in training and sampling (diffusers' default 3.5)",
+    )
 
 
 class SequenceConfig(Section):
@@ -707,11 +712,6 @@ class SequenceConfig(Section):
     )
     min_observed: float = Field(
         0.5, gt=0, le=1, description="drop windows with a smaller share of observed entries"
-    )
-    flux_guidance: float = Field(
-        3.5, ge=0, le=100,
-        description="FLUX with a guidance embedding (FLUX.1-dev): the distilled guidance value "
-        "fed to the transformer in training and sampling (diffusers' default 3.5)",
     )
 
 
