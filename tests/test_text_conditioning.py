@@ -9,7 +9,13 @@ import torch
 from difftrain.config import Config, ConfigError
 from difftrain.models.text import BOS_ID, EOS_ID, PAD_ID, BPETokenizer, ByteTokenizer
 from difftrain.pipeline.build import build_denoiser, check_config
-from difftrain.pipeline.text import TextConditioning, drop_captions, open_tokenizer, prompt_rows
+from difftrain.pipeline.text import (
+    TextConditioning,
+    drop_captions,
+    drop_tags,
+    open_tokenizer,
+    prompt_rows,
+)
 from difftrain.samplers import CFGDenoiser
 
 torch.set_num_threads(1)
@@ -102,6 +108,31 @@ def test_caption_dropout_rate_is_honoured():
         ["cat"] * 50, torch.Generator().manual_seed(1)
     )
     assert torch.equal(ids, ByteTokenizer(12).encode([""] * 50))
+
+
+def test_tag_dropout_keeps_at_least_one_tag_and_is_reproducible():
+    caps = ["slice of pizza, pizza", "cat face, cat, kitty", "ghost", ""] * 2000
+    out = drop_tags(caps, 0.5, torch.Generator().manual_seed(0))
+    assert out[2::4] == ["ghost"] * 2000 and out[3::4] == [""] * 2000  # one tag: untouched
+    pizza = out[0::4]
+    assert set(pizza) == {"slice of pizza, pizza", "slice of pizza", "pizza"}  # never empty
+    # P(only "pizza") = P(first dropped) × P(second kept) + P(both dropped) × 1/2 = 0.375
+    assert abs(pizza.count("pizza") / len(pizza) - 0.375) < 0.03
+    cat = out[1::4]
+    assert all(c and set(c.split(", ")) <= {"cat face", "cat", "kitty"} for c in cat)
+    assert all(c.split(", ") == sorted(c.split(", "), key=["cat face", "cat", "kitty"].index) for c in cat)
+    assert drop_tags(caps, 0.0, torch.Generator().manual_seed(0)) == caps
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    assert drop_tags(caps[:8], 0.5, g1) == drop_tags(caps[:8], 0.5, g2)
+    # the generator advances by the same amount whatever the captions say (exact resume)
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    drop_tags(["a, b"] * 3, 0.5, g1), drop_tags(["x"] * 3, 0.5, g2)
+    assert torch.equal(torch.rand(4, generator=g1), torch.rand(4, generator=g2))
+    # through the conditioning: tags dropped, then the whole caption for the guidance null
+    tc = TextConditioning(cfg_for(tag_dropout=0.5), ByteTokenizer(24))
+    ids = tc.training_ids(["slice of pizza, pizza"] * 64, torch.Generator().manual_seed(2))
+    rows = {tuple(r) for r in ids.tolist()}
+    assert tuple(ByteTokenizer(24).encode(["pizza"])[0].tolist()) in rows
 
 
 def test_guidance_with_a_negative_prompt():

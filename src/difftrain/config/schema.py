@@ -600,6 +600,13 @@ class TextConfig(Section):
     caption_dropout: float = Field(
         0.1, ge=0, lt=1, description="share of captions replaced by '' (the guidance null)"
     )
+    tag_dropout: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="share of a caption's comma-separated tags dropped in training, at least one "
+        "kept (kohya's caption_tag_dropout_rate): 'slice of pizza, pizza' also teaches 'pizza'",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> TextConfig:

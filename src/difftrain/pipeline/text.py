@@ -125,6 +125,32 @@ def drop_captions(captions: list[str], rate: float, gen: torch.Generator) -> lis
     return ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
 
 
+MAX_TAGS = 32  # uniform draws per caption for tag dropout (later tags are always kept)
+
+
+def drop_tags(captions: list[str], rate: float, gen: torch.Generator, sep: str = ",") -> list[str]:
+    """Each `sep`-separated tag of a caption dropped with probability `rate`, at least one kept.
+
+    kohya's caption_tag_dropout: "slice of pizza, pizza" also trains "pizza" and "slice of
+    pizza" alone, so short prompts meet captions they resemble. A fixed MAX_TAGS draws per
+    caption keep the generator's use independent of the captions (exact resume)."""
+    if rate <= 0:
+        return list(captions)
+    draws = rand_on((len(captions), MAX_TAGS), gen, "cpu").tolist()
+    out = []
+    for caption, u in zip(captions, draws, strict=True):
+        tags = [t.strip() for t in caption.split(sep) if t.strip()]
+        if len(tags) < 2:
+            out.append(caption)
+            continue
+        drawn = tags[:MAX_TAGS]
+        kept = [t for t, r in zip(drawn, u, strict=False) if r >= rate]
+        if not kept:  # all dropped: keep the one whose draw was highest
+            kept = [drawn[max(range(len(drawn)), key=u.__getitem__)]]
+        out.append(f"{sep} ".join(kept + tags[MAX_TAGS:]))
+    return out
+
+
 def prompt_rows(prompts: list[str], num: int) -> list[str]:
     """Contiguous blocks of prompts: with num = 8 and 2 prompts, images 0-3 get the first."""
     if not prompts:
@@ -137,6 +163,7 @@ class TextConditioning:
 
     def __init__(self, cfg: Config, tokenizer):
         self.tokenizer, self.dropout = tokenizer, cfg.text.caption_dropout
+        self.tag_dropout = cfg.text.tag_dropout
         self.max_length = cfg.text.max_length
 
     @classmethod
@@ -153,7 +180,9 @@ class TextConditioning:
         return encode_prompts(self.tokenizer, prompts)
 
     def training_ids(self, captions: list[str], gen: torch.Generator) -> torch.Tensor:
-        """Token ids of a micro-batch's captions, each dropped to "" with the dropout rate."""
+        """Token ids of a micro-batch's captions: tags dropped (text.tag_dropout), then whole
+        captions dropped to "" with the caption dropout rate."""
+        captions = drop_tags(captions, self.tag_dropout, gen)
         return self.ids(drop_captions(captions, self.dropout, gen))
 
     def request(

@@ -129,6 +129,7 @@ def train(
     budget = TimeBudget(tc.time_limit)  # counts from here: setup is in the budget
     run_dir = Path(tc.run_dir)
     precision = resolve_precision(tc.mixed_precision)
+    check_fsdp(cfg, precision, has_aux_step=False)  # before accelerate: no state for a bad config
     acc = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
     world, rank = acc.num_processes, acc.process_index
     micro = tc.batch_size // tc.grad_accum
