@@ -230,9 +230,9 @@ def test_emoji_vae_config_is_a_valid_autoencoder_config(tmp_path):
     (tmp_path / "a").mkdir()
     Image.new("RGB", (64, 64), "white").save(tmp_path / "a" / "x.png")
     cfg = load_config(REPO / "configs" / "emoji-vae.yaml", [f"data.path={tmp_path}"])
-    assert cfg.model.kind == "autoencoder" and cfg.data.resolution == 64
+    assert cfg.model.kind == "autoencoder" and cfg.data.resolution == 32
     check_config(cfg)
-    assert resolve_ae_preset(cfg.model.preset).downsample_factor == 4  # 64×64 → 16×16 latents
+    assert resolve_ae_preset(cfg.model.preset).downsample_factor == 4  # 32×32 → 8×8 latents
 
 
 def test_posterior_noise_comes_from_the_step_generator():

@@ -1,8 +1,9 @@
 """Data-parallel training with real processes: `torchrun --nproc_per_node 2` on the CPU (gloo).
 
-Four launches share one module fixture: a 1-process run with the global batch 16 (reference),
+Four runs share one module fixture: a 1-process run with the global batch 16 (reference),
 a 2-process run with 8 rows per process, and each run stopped after its step-3 checkpoint and
-resumed on the other process count. Observed differences (float32, reduction order of the
+resumed on the other process count. The 1-process runs train in this interpreter (the same
+`difftrain train` command, without a second start-up); the 2-process ones through torchrun. Observed differences (float32, reduction order of the
 all-reduce): losses ≤ 2e-7 relative, weights ≤ 1.3e-6 absolute; asserted at 1e-5.
 """
 
@@ -19,7 +20,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from typer.testing import CliRunner
 
+from difftrain.cli.main import app
 from tests.conftest import TINY
 
 pytestmark = pytest.mark.slow  # real training runs (subprocesses)
@@ -68,6 +71,12 @@ def launch(procs: int, run_dir: Path, *more: str, **extra) -> subprocess.Complet
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
 
 
+def train_here(run_dir: Path, *more: str, **extra) -> None:
+    """The 1-process `difftrain train` in this interpreter (OMP_NUM_THREADS=1, as launched)."""
+    res = CliRunner().invoke(app, ["train", *_args(run_dir, **extra), *more])
+    assert res.exit_code == 0, res.output
+
+
 def losses(run_dir: Path) -> list[float]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [r["train/loss"] for r in rows if "train/loss" in r]
@@ -99,12 +108,11 @@ def stopped_at_3(src: Path, dst: Path) -> Path:
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
     out = {"one": root / "one", "two": root / "two"}
-    for name, procs in (("one", 1), ("two", 2)):
-        res = launch(procs, out[name])
-        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    train_here(out["one"])
+    res = launch(2, out["two"])
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     out["two_then_one"] = stopped_at_3(out["two"], root / "two_then_one")
-    res = launch(1, out["two_then_one"], "--resume")
-    assert res.returncode == 0, res.stderr[-3000:]
+    train_here(out["two_then_one"], "--resume")
     out["one_then_two"] = stopped_at_3(out["one"], root / "one_then_two")
     res = launch(2, out["one_then_two"], "--resume")
     assert res.returncode == 0, res.stderr[-3000:]
@@ -154,8 +162,7 @@ def test_tar_shard_run_resumes_only_on_its_process_count(tmp_path):
         "train.max_steps": 3,
     }
     run = tmp_path / "shard-run"
-    res = launch(1, run, **data)
-    assert res.returncode == 0, res.stderr[-3000:]
+    train_here(run, **data)
     res = launch(2, run, "--resume", **{**data, "train.max_steps": 6})
     assert res.returncode != 0
     out = res.stdout + res.stderr

@@ -300,7 +300,7 @@ def test_bad_configs_exit_2(sd, tmp_path):
     single = tmp_path / "sd15.safetensors"
     single.write_bytes(b"{}")
     res = invoke("train", cfg, "--set", f"model.pretrained={single}", code=2)
-    assert "single-file checkpoint" in res.output and "from_single_file" in res.output
+    assert "single-file checkpoint" in res.output and "difftrain convert-single-file" in res.output
 
 
 def test_v_prediction_pipeline_maps_to_v(tmp_path):

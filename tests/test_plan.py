@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
+from typer.testing import CliRunner
 
+from difftrain.cli.main import app
 from difftrain.config import load_config
 from difftrain.train.plan import plan, read_peak, reset_peak
 from tests.conftest import TINY
@@ -39,24 +39,12 @@ def test_peak_memory_window_sees_a_new_allocation():
 
 def test_plan_cli_prints_the_plan_and_bad_limit_is_exit_2(tmp_path):
     run_dir = tmp_path / "run"
-    base = [
-        sys.executable,
-        "-m",
-        "difftrain",
-        "train",
-        str(TINY),
-        "--set",
-        f"train.run_dir={run_dir}",
-    ]
+    base = ["train", str(TINY), "--set", f"train.run_dir={run_dir}"]
     base += [a for s in SETS for a in ("--set", s)]
-    out = subprocess.run(
-        [*base, "--plan", "--plan-steps", "2", "--plan-max-batch", "16"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-2000:]
+    out = CliRunner().invoke(app, [*base, "--plan", "--plan-steps", "2", "--plan-max-batch", "16"])
+    assert out.exit_code == 0, out.output[-2000:]
     for text in ("step time", "peak memory", "estimated run", "largest batch that fits: 16"):
-        assert text in out.stdout
+        assert text in out.output
     assert not run_dir.exists()
-    bad = subprocess.run([*base, "--plan", "--plan-memory", "-1"], capture_output=True, text=True,
-                         timeout=300)  # fmt: skip
-    assert bad.returncode == 2 and "--plan-memory" in bad.stdout + bad.stderr
+    bad = CliRunner().invoke(app, [*base, "--plan", "--plan-memory", "-1"])
+    assert bad.exit_code == 2 and "--plan-memory" in bad.output

@@ -3,44 +3,34 @@ and without the Fashion-MNIST package (only `make demo` installs it)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
+import pytest
+
 from .conftest import REPO
-
-DISK_FULL = "tests/test_stability.py::test_disk_full_keeps_previous_checkpoint_and_stops_clearly"
-
-
-def run_pytest(test: str, path: str) -> str:
-    """Run one test in a fresh pytest with PATH set to `path`; its report lines."""
-    res = subprocess.run(
-        [sys.executable, "-m", "pytest", test, "-q", "-rs", "-p", "no:cacheprovider"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PATH": path},
-        timeout=300,
-    )
-    return res.stdout + res.stderr
+from .test_stability import tmpfs_unshare
 
 
-def test_disk_full_test_skips_with_a_reason_when_no_tmpfs_can_be_mounted(tmp_path):
-    """A machine whose unshare cannot mount (no root, no user namespaces) skips, saying why."""
+def test_disk_full_test_skips_with_a_reason_when_no_tmpfs_can_be_mounted(tmp_path, monkeypatch):
+    """A machine whose unshare cannot mount (no root, no user namespaces) skips, saying why: the
+    disk-full test's probe, called here with PATH pointing at a failing or a missing unshare."""
     fake = tmp_path / "bin"
     fake.mkdir()
     (fake / "unshare").write_text(
         "#!/bin/sh\necho 'unshare: operation not permitted' >&2\nexit 1\n"
     )
     (fake / "unshare").chmod(0o755)
-    out = run_pytest(DISK_FULL, f"{fake}:/usr/bin:/bin")
-    assert "1 skipped" in out, out
-    assert "cannot mount a tmpfs here" in out and "operation not permitted" in out, out
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    monkeypatch.setenv("PATH", f"{fake}:/usr/bin:/bin")
+    with pytest.raises(pytest.skip.Exception, match="cannot mount a tmpfs here") as info:
+        tmpfs_unshare(mnt)
+    assert "operation not permitted" in str(info.value)
     empty = tmp_path / "empty"
     empty.mkdir()
-    out = run_pytest(DISK_FULL, str(empty))  # no unshare at all
-    assert "1 skipped" in out and "needs unshare(1)" in out, out
+    monkeypatch.setenv("PATH", str(empty))  # no unshare at all
+    with pytest.raises(pytest.skip.Exception, match=r"needs unshare\(1\)"):
+        tmpfs_unshare(mnt)
 
 
 def test_no_test_reads_data_that_make_test_does_not_install():

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import optuna
 import pytest
+from typer.testing import CliRunner
 
+from difftrain.cli.main import app
 from difftrain.config import ConfigError
 from difftrain.sweep import load_space
 from tests.conftest import TINY
@@ -33,19 +34,12 @@ train.grad_accum: {type: int, low: 1, high: 2}
 
 
 def sweep(tmp_path, *more: str) -> subprocess.CompletedProcess:
-    cmd = [
-        sys.executable,
-        "-m",
-        "difftrain",
-        "sweep",
-        str(TINY),
-        "--space",
-        str(tmp_path / "space.yaml"),
-    ]
+    """`difftrain sweep` in this interpreter (the CLI command, without a second start-up)."""
+    cmd = ["sweep", str(TINY), "--space", str(tmp_path / "space.yaml")]
     for k, v in {**SETS, "train.run_dir": tmp_path / "base"}.items():
         cmd += ["--set", f"{k}={v}"]
-    return subprocess.run([*cmd, "--out", str(tmp_path / "sweep"), *more],
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    res = CliRunner().invoke(app, [*cmd, "--out", str(tmp_path / "sweep"), *more])
+    return subprocess.CompletedProcess(cmd, res.exit_code, res.output, res.output)
 
 
 def test_sweep_prunes_resumes_from_storage_and_reports(tmp_path):

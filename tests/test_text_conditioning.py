@@ -120,7 +120,9 @@ def test_tag_dropout_keeps_at_least_one_tag_and_is_reproducible():
     assert abs(pizza.count("pizza") / len(pizza) - 0.375) < 0.03
     cat = out[1::4]
     assert all(c and set(c.split(", ")) <= {"cat face", "cat", "kitty"} for c in cat)
-    assert all(c.split(", ") == sorted(c.split(", "), key=["cat face", "cat", "kitty"].index) for c in cat)
+    assert all(
+        c.split(", ") == sorted(c.split(", "), key=["cat face", "cat", "kitty"].index) for c in cat
+    )
     assert drop_tags(caps, 0.0, torch.Generator().manual_seed(0)) == caps
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     assert drop_tags(caps[:8], 0.5, g1) == drop_tags(caps[:8], 0.5, g2)

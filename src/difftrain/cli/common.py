@@ -10,9 +10,7 @@ from rich.console import Console
 from rich.text import Text
 
 from difftrain.config import ConfigError
-from difftrain.data import DataError
-from difftrain.pipeline.checkpoint import CheckpointError
-from difftrain.train.loop import TrainingDiverged
+from difftrain.errors import CheckpointError, DataError, TrainingDiverged  # light: no torch
 
 # soft_wrap: never break an error message mid-phrase (it is read by people and by scripts).
 # markup=False: messages carry user text (paths, class names, keys) that may contain "[...]";

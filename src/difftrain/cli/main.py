@@ -28,7 +28,9 @@ def train(
         False, "--dry-run", help="Print the resolved config and sizes, then exit."
     ),
     plan: bool = typer.Option(
-        False, "--plan", help="Time a few real steps in a scratch dir; print step time, peak "
+        False,
+        "--plan",
+        help="Time a few real steps in a scratch dir; print step time, peak "
         "memory, estimated run time and the largest batch that fits; write nothing.",
     ),
     plan_steps: int = typer.Option(4, "--plan-steps", help="Steps per measured batch size."),
@@ -40,11 +42,11 @@ def train(
     ),
 ) -> None:
     """Train a diffusion model as configured."""
+    cfg = load_config(config, set_)  # first: a bad file or key is reported before torch loads
     from difftrain.pipeline.build import check_config
     from difftrain.pipeline.pretrained import resolve_pretrained
     from difftrain.train import train as run_train
 
-    cfg = load_config(config, set_)
     named_run_dir = config.is_dir() and (config / "config.yaml").is_file()
     if named_run_dir and not any(o.split("=", 1)[0].strip() == "train.run_dir" for o in set_):
         # The directory the user named is the run (a copied or moved run directory writes into
@@ -103,6 +105,9 @@ app.command(name="sweep")(sweep)
 from difftrain.cli.reward_cmd import finetune_reward  # noqa: E402
 
 app.command(name="finetune-reward")(finetune_reward)
+from difftrain.cli.convert_cmd import convert_single_file  # noqa: E402
+
+app.command(name="convert-single-file")(convert_single_file)
 
 
 def main() -> None:

@@ -221,7 +221,9 @@ class DiffusionConfig(Section):
     logit_mean: float = Field(0.0, description="flow: mean of logit(t)")
     logit_std: float = Field(1.0, gt=0, description="flow: std of logit(t)")
     flow_shift: float = Field(
-        1.0, gt=0, le=100,
+        1.0,
+        gt=0,
+        le=100,
         description="flow: time shift t -> s*t/(1+(s-1)*t) in training and sampling (SD3: 3)",
     )
     vlb_weight: float = Field(0.001, ge=0, description="iddpm: lambda of L_simple + lambda*L_vlb")
@@ -565,7 +567,8 @@ class LatentConfig(Section):
         "which also allows every pixel augmentation)",
     )
     cache_dir: Path | None = Field(
-        None, description="where latent caches live (one subfolder per key); null = <run_dir>/latents"
+        None,
+        description="where latent caches live (one subfolder per key); null = <run_dir>/latents",
     )
     scaling_factor: float | None = Field(
         None, gt=0, description="x0 = latent × this; null = the autoencoder's config value"
@@ -699,7 +702,9 @@ class FinetuneConfig(Section):
         True, description="frozen text encoder: reuse the states of repeated token rows"
     )
     flux_guidance: float = Field(
-        3.5, ge=0, le=100,
+        3.5,
+        ge=0,
+        le=100,
         description="FLUX with a guidance embedding (FLUX.1-dev): the distilled guidance value "
         "fed to the transformer in training and sampling (diffusers' default 3.5)",
     )
@@ -741,7 +746,9 @@ class RewardConfig(Section):
     steps: int = Field(10, ge=2, le=1000, description="ancestral sampler steps per trajectory")
     eta: float = Field(1.0, ge=0, le=1, description="ancestral noise (ddpo needs > 0)")
     sigma_min: float = Field(
-        0.02, gt=0, description="smallest nonzero σ of the reward sampler (karras schedule); "
+        0.02,
+        gt=0,
+        description="smallest nonzero σ of the reward sampler (karras schedule); "
         "DDPO's gradient noise grows as its last step's σ shrinks",
     )
     draft_k: int = Field(1, gt=0, description="draft: backpropagate through the last K steps")

@@ -1,5 +1,5 @@
-"""The data layer's one exception type."""
+"""The data layer's one exception type (defined in difftrain.errors, which imports nothing heavy)."""
 
+from difftrain.errors import DataError
 
-class DataError(ValueError):
-    """The data cannot be read as configured; the message says what to fix."""
+__all__ = ["DataError"]

@@ -240,9 +240,7 @@ class TrainingEvaluator:
     returns (keys 'eval/…', plain floats). Costs one generation of `eval.num` images.
     """
 
-    def __init__(
-        self, cfg: Config, train: ImageData, val: ImageData, device="cpu", to_images=None
-    ):
+    def __init__(self, cfg: Config, train: ImageData, val: ImageData, device="cpu", to_images=None):
         from difftrain.samplers import SAMPLERS
 
         e = cfg.eval

@@ -21,11 +21,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from difftrain.errors import CheckpointError
+
 MANIFEST = "manifest.json"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, partial or corrupt."""
 
 
 def sha256(path: Path) -> str:

@@ -48,9 +48,9 @@ def pipeline_path(cfg: Config) -> Path:
                 raise ConfigError(f"model.pretrained = '{path}': {err}") from None
         raise ConfigError(
             f"model.pretrained = '{path}': a single-file checkpoint; convert it once to a "
-            "diffusers folder (StableDiffusionPipeline.from_single_file(file, config=<local "
-            "pipeline folder>).save_pretrained(DIR)) and set model.pretrained = DIR "
-            "(see README, Fine-tuning Stable Diffusion)"
+            f"diffusers folder with `difftrain convert-single-file {path} --config <local "
+            "pipeline folder of the same family> --out DIR` (diffusers' from_single_file) and "
+            "set model.pretrained = DIR (see README, Fine-tuning Stable Diffusion)"
         )
     try:
         check_pipeline_dir(path, pipeline_family(path).subfolders)

@@ -8,7 +8,9 @@ import torch
 from torch import nn
 
 
-def ema_beta(batch_images: int, halflife_kimg: float, images_seen: int, rampup: float | None) -> float:
+def ema_beta(
+    batch_images: int, halflife_kimg: float, images_seen: int, rampup: float | None
+) -> float:
     """Per-step decay so that the average halves every `halflife` images, whatever the batch size.
 
     With `rampup`, the half-life is capped at rampup·images_seen early in training (EDM).

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from difftrain.config import Config, ConfigError, dump_config
 from difftrain.diffusion.loss import SlicedGenerator, rand_on
+from difftrain.errors import TrainingDiverged
 from difftrain.eval.evaluate import TrainingEvaluator
 from difftrain.pipeline.build import check_config
 from difftrain.pipeline.checkpoint import (
@@ -63,9 +64,7 @@ from difftrain.train.stream import mix_seed
 from difftrain.train.task import Task, build_task
 from difftrain.train.time_budget import TimeBudget, agreed, agreed_plan
 
-
-class TrainingDiverged(RuntimeError):
-    """Too many rollbacks; forensics.json in the run directory says where it went wrong."""
+__all__ = ["RunSummary", "TrainingDiverged", "train"]
 
 
 @dataclass

@@ -31,12 +31,20 @@ def build_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
         raise ConfigError(f"optim.fused = true needs optim.name adamw or adam, not {cfg.name!r}")
     if cfg.name == "adamw":
         return torch.optim.AdamW(
-            params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
+            params,
+            lr=cfg.lr,
+            betas=cfg.betas,
+            eps=cfg.eps,
+            weight_decay=cfg.weight_decay,
             **fused,
         )
     if cfg.name == "adam":
         return torch.optim.Adam(
-            params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
+            params,
+            lr=cfg.lr,
+            betas=cfg.betas,
+            eps=cfg.eps,
+            weight_decay=cfg.weight_decay,
             **fused,
         )
     if cfg.name == "rmsprop":

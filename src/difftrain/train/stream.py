@@ -17,7 +17,9 @@ class BatchStream:
         self._perm = self._permutation(epoch)
 
     def _permutation(self, epoch: int) -> torch.Tensor:
-        return torch.randperm(self.n, generator=torch.Generator().manual_seed(mix_seed(self.seed, epoch)))
+        return torch.randperm(
+            self.n, generator=torch.Generator().manual_seed(mix_seed(self.seed, epoch))
+        )
 
     def next(self, batch_size: int) -> torch.Tensor:
         """The next `batch_size` dataset indices."""
