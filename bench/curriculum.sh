@@ -28,5 +28,5 @@ for name in none resolution noise order; do
   $DT evaluate "$OUT/$name" --metrics fid --num 500 --sampler dpmpp-2m --steps 12 \
     --feature-net "$OUT/features" >/dev/null
   steps=$(grep -o '"step": [0-9]*' "$OUT/$name/metrics.jsonl" | tail -1 | grep -o '[0-9]*$')
-  python3 -c "import json,sys; e=json.load(open('$OUT/$name/eval.json')); print('$name', 'steps', $steps, {k: round(v, 3) for k, v in e.items() if isinstance(v, (int, float)) and 'fid' in k})"
+  python3 -c "import json; e=json.load(open('$OUT/$name/eval.json'))['evaluations'][-1]; print('$name', 'steps', $steps, {k: round(v, 3) for k, v in e['metrics'].items()})"
 done

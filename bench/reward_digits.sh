@@ -30,12 +30,6 @@ from pathlib import Path
 out = Path(sys.argv[1])
 print("| model | class accuracy | FID (domain) |\n|---|---|---|")
 for name in ("base", "ddpo", "draft"):
-    e = json.loads((out / f"eval-{name}" / "eval.json").read_text())
-    flat = {k: v for k, v in e.items() if not isinstance(v, dict)}
-    for v in e.values():
-        if isinstance(v, dict):
-            flat.update({k: x for k, x in v.items() if not isinstance(x, dict)})
-    acc = next((flat[k] for k in flat if "acc" in k), None)
-    fid = next((flat[k] for k in flat if k.lower().startswith("fid")), None)
-    print(f"| {name} | {acc} | {fid} |")
+    m = json.loads((out / f"eval-{name}" / "eval.json").read_text())["evaluations"][-1]["metrics"]
+    print(f"| {name} | {m['acc']:.3f} | {m['fid_domain']:.3f} |")
 PY
