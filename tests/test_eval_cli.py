@@ -118,6 +118,25 @@ def test_evaluate_out_dir_and_bad_input(run_dir, tmp_path, monkeypatch):
     assert "weights-inception-2015-12-05-6726825d.pth" in res.output
 
 
+def test_evaluate_guidance_interval_is_applied_and_recorded(run_dir, tmp_path):
+    """--guidance-interval limits guidance to (LO, HI]: a changed result, kept as its own entry."""
+    args = ["--metrics", "fid,acc", "--guidance", "3", "--out", tmp_path, *EVAL_ARGS]
+    with one_thread():
+        invoke("evaluate", run_dir, *args)
+        invoke("evaluate", run_dir, *args, "--guidance-interval", "0.5,2")
+        # An interval holding none of the sampler's σ: guidance is off, as at --guidance 1.
+        invoke("evaluate", run_dir, *args, "--guidance-interval", "500,600")
+        invoke("evaluate", run_dir, *args[:2], "--out", tmp_path, *EVAL_ARGS)
+    doc = json.loads((tmp_path / "eval.json").read_text())
+    by = {(e["settings"]["guidance"], str(e["settings"]["guidance_interval"])): e["metrics"]
+          for e in doc["evaluations"]}  # fmt: skip
+    assert set(by) == {(3.0, "None"), (3.0, "[0.5, 2.0]"), (3.0, "[500.0, 600.0]"), (1.0, "None")}
+    assert by[(3.0, "[0.5, 2.0]")] != by[(3.0, "None")]
+    assert by[(3.0, "[500.0, 600.0]")] == by[(1.0, "None")]
+    res = invoke("evaluate", run_dir, *args, "--guidance-interval", "2,1", code=2)
+    assert "needs 0 <= LO < HI" in res.output
+
+
 def test_training_evaluator_returns_scalars_for_the_loop(run_dir):
     cfg = load_config(
         run_dir / "config.yaml",

@@ -65,6 +65,18 @@ def test_classifier_learns_the_held_out_digits(feature_net):
     assert info["spec"] == {"channels": 1, "num_classes": 10, "width": 8, "feature_dim": 16}
 
 
+def test_training_accuracy_is_measured_on_a_bounded_even_subset(feature_net, digits):
+    from difftrain.eval import features as features_mod
+
+    net, info = feature_net
+    train = digits[0]
+    assert info["train_accuracy_images"] == min(len(train), features_mod.TRAIN_ACCURACY_IMAGES)
+    sub = features_mod._subset(train, 100)
+    assert len(sub) == 100 and torch.equal(sub.images[0], train.images[0])
+    assert torch.equal(sub.images[-1], train.images[-1])
+    assert torch.equal(sub.labels, train.labels[torch.linspace(0, len(train) - 1, 100).long()])
+
+
 def test_save_and_load_give_identical_features(feature_net, digits, tmp_path):
     net, info = feature_net
     save_feature_net(net, info, tmp_path / "features")

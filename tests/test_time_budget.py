@@ -13,7 +13,7 @@ from difftrain.config.duration import parse_duration
 from difftrain.train import time_budget
 from difftrain.train.loop import train
 from difftrain.train.optim import lr_at
-from difftrain.train.time_budget import MEASURE_STEPS, planned_steps
+from difftrain.train.time_budget import MEASURE_STEPS, SAFETY, EventCosts, planned_steps
 
 runner = CliRunner()
 FAST = {"train.batch_size": 16, "train.checkpoint_every": 100, "train.posthoc_snapshot_every": 100}
@@ -66,6 +66,36 @@ def test_plan_is_bounded_by_max_steps_and_steps_done():
     assert planned_steps(600, 700, 0.5, 10, 800) == 10  # budget already spent: stop now
 
 
+def test_event_counts_include_the_periodic_and_the_final_ones():
+    ev = EventCosts(validation=100, grid=10, evaluation=1000, checkpoint_every=40, sample_every=50,
+                    eval_every=80)  # fmt: skip
+    # Steps 13..100: validations at 40, 80 and the end (100); grids at 50 and 100; evaluations at
+    # 80 (a multiple of both 40 and 80) and the end.
+    assert ev.forwards(12, 100) == 3 * 100 + 2 * 10 + 2 * 1000
+    # Ending on a periodic step counts it once: validations at 40 and 80 (= the end).
+    assert ev.forwards(12, 80) == 2 * 100 + 2 * 10 + 1 * 1000
+    off = EventCosts(100, 10, 0, 40, 50, 0)  # evaluation off
+    assert off.forwards(12, 100) == 3 * 100 + 2 * 10
+
+
+def test_plan_pays_for_validation_grids_and_evaluation_first():
+    """The demo's case: the plan is the longest run whose steps and events fit the budget."""
+    ev = EventCosts(validation=9 * 512, grid=50 * 35, evaluation=300 * 12, checkpoint_every=400,
+                    sample_every=400, eval_every=400)  # fmt: skip
+    limit, elapsed, step_s, done, batch = 600, 30, 1.6, 12, 64
+    p = planned_steps(limit, elapsed, step_s, done, 800, ev, batch)
+    fwd = step_s / (3 * batch)
+
+    def cost(n: int) -> float:
+        return (n - done) * step_s / SAFETY + ev.forwards(done, n) * fwd
+
+    assert cost(p) <= limit - elapsed < cost(p + 1)
+    plain = planned_steps(limit, elapsed, step_s, done, 800)
+    assert done < p < plain  # the events' ~84 s come off the steps
+    assert planned_steps(limit, elapsed, 0.001, done, 800, ev, batch) == 800  # fast: max_steps
+    assert planned_steps(limit, 700, step_s, done, 800, ev, batch) == done  # spent: stop now
+
+
 def test_tiny_time_limit_stops_with_final_checkpoint_grid_and_validation(tiny_args, tmp_path):
     """Real clock: a 2 s budget on a run whose max_steps would take minutes."""
     run = tmp_path / "run"
@@ -105,8 +135,11 @@ def test_plan_sets_the_schedule_and_resume_finishes_nothing_more(tiny_args, monk
 def test_hard_stop_then_resume_equals_an_uninterrupted_run(tiny_args, monkeypatch, tmp_path):
     """The limit reached before the plan: clean stop; --resume keeps the recorded plan, and the
     whole run equals one trained with max_steps = the plan and no time limit."""
+    from difftrain.train.task import DiffusionTask
+
     fake_clock(monkeypatch)
     monkeypatch.setattr(time_budget, "SAFETY", 1e6)  # plan = max_steps; the clock then stops it
+    monkeypatch.setattr(DiffusionTask, "event_forwards", lambda self, val_n: None)  # unpriced
     run, ref = tmp_path / "run", tmp_path / "ref"
     extra = {"train.max_steps": 24, **FAST}
     train(cfg_of(tiny_args(run, **{"train.time_limit": "2s", **extra})))

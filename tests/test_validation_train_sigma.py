@@ -82,3 +82,26 @@ def test_loop_logs_it_and_report_plots_both_validation_curves(tiny_args, tmp_pat
     assert any(t.startswith("train, σ ~ training distribution") for t in loss_legend)
     assert "validation, σ ~ training distribution (fixed draw)" in loss_legend
     assert "validation, mean over 8 fixed σ (0.01–20)" in loss_legend
+
+
+def test_validation_scores_the_first_train_val_images(tiny_args, tmp_path, monkeypatch):
+    """train.val_images bounds what each checkpoint's validation costs (the demo sets 128)."""
+    import pytest
+
+    from difftrain.config import ConfigError
+    from difftrain.train import task as task_mod
+
+    seen = []
+    real = task_mod.validation_loss
+
+    def spy(model, x, *a, **kw):
+        seen.append(len(x))
+        return real(model, x, *a, **kw)
+
+    monkeypatch.setattr(task_mod, "validation_loss", spy)
+    args = tiny_args(tmp_path / "run", **{"train.max_steps": 10, "train.val_images": 7})
+    sets = [a for i, a in enumerate(args) if i and args[i - 1] == "--set"]
+    train(load_config(args[0], sets))
+    assert seen == [7]  # one checkpoint (step 10), its validation on 7 images
+    with pytest.raises(ConfigError, match="val_images"):
+        load_config(args[0], [*sets, "train.val_images=0"])

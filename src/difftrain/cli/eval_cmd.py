@@ -30,6 +30,11 @@ def evaluate(
     guidance: float = typer.Option(
         1.0, "--guidance", min=0.0, help="Classifier-free guidance weight."
     ),
+    guidance_interval: str | None = typer.Option(
+        None,
+        "--guidance-interval",
+        help="LO,HI: guidance only for sigma in (LO, HI] (default: the run's sample.guidance_interval).",
+    ),
     weights: str = typer.Option("ema", "--weights", help="'ema' or 'model'."),
     checkpoint: Path | None = typer.Option(
         None, "--checkpoint", help="A checkpoint dir; default: latest."
@@ -56,6 +61,7 @@ def evaluate(
     import torch
     from tqdm.auto import tqdm
 
+    from difftrain.cli.sample_cmd import parse_interval
     from difftrain.config import ConfigError
     from difftrain.eval.evaluate import parse_metrics
     from difftrain.eval.run_eval import evaluate_run
@@ -73,7 +79,7 @@ def evaluate(
         entry = evaluate_run(
             run_dir, metrics=parse_metrics(metrics), num=num, sampler=sampler, steps=steps,
             seed=seed, features=features, guidance=guidance, weights=weights,
-            checkpoint=checkpoint, feature_net=feature_net, inception_weights=inception_weights,
+            guidance_interval=parse_interval(guidance_interval), checkpoint=checkpoint, feature_net=feature_net, inception_weights=inception_weights,
             nll_num=nll_num, nll_steps=nll_steps, out=out, device=device, progress=progress,
         )  # fmt: skip
     lines = [f"  {k:<22} {v:.5g}" for k, v in entry["metrics"].items()]

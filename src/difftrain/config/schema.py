@@ -369,6 +369,12 @@ class TrainConfig(Section):
     )
     seed: int = Field(0, ge=0, le=MAX_SEED)
     checkpoint_every: int = Field(500, gt=0)
+    val_images: int = Field(
+        512,
+        gt=0,
+        le=MAX_EVAL_IMAGES,
+        description="held-out images scored by the validation at each checkpoint (the first N)",
+    )
     keep_checkpoints: int = Field(2, gt=0, description="how many recent checkpoints to keep")
     sample_every: int = Field(500, gt=0, description="write a sample grid every N steps")
     log_every: int = Field(10, gt=0)

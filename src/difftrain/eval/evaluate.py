@@ -154,6 +154,7 @@ def generate_for_eval(
     steps: int,
     seed: int,
     guidance: float = 1.0,
+    guidance_interval: tuple[float, float] | None = None,
     batch_size: int = 250,
     device="cpu",
     callback=None,
@@ -177,6 +178,7 @@ def generate_for_eval(
         sampler=sampler,
         steps=steps,
         guidance=guidance,
+        guidance_interval=guidance_interval,
         sigmas=build_sigmas(cfg, steps),  # the configured sample.schedule
         batch_size=batch_size,
         device=device,

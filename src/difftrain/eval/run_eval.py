@@ -21,7 +21,7 @@ from difftrain.eval.evaluate import (
 
 def _entry_key(entry: dict) -> tuple:
     s = entry["settings"]
-    keys = ("features", "num", "sampler", "steps", "seed", "guidance")
+    keys = ("features", "num", "sampler", "steps", "seed", "guidance", "guidance_interval")
     return (entry["step"], str(entry.get("weights")), *(str(s.get(k)) for k in keys))
 
 
@@ -76,6 +76,7 @@ def evaluate_run(
     seed: int,
     features: str = "domain",
     guidance: float = 1.0,
+    guidance_interval: tuple[float, float] | None = None,
     weights: str = "ema",
     checkpoint: Path | None = None,
     feature_net: Path | None = None,
@@ -86,7 +87,10 @@ def evaluate_run(
     device: str | torch.device = "cpu",
     progress: Callable[[str, int, int], None] | None = None,
 ) -> dict:
-    """Evaluate one checkpoint of a run directory and record it in eval.json (run dir or `out`)."""
+    """Evaluate one checkpoint of a run directory and record it in eval.json (run dir or `out`).
+
+    `guidance_interval` None = the run's `sample.guidance_interval` (guidance everywhere if unset).
+    """
     from difftrain.data import load_data
     from difftrain.pipeline.run import load_run
     from difftrain.samplers import SAMPLERS
@@ -97,6 +101,7 @@ def evaluate_run(
         raise ConfigError(f"--features {features!r}: allowed 'domain' or 'inception'")
     run = load_run(run_dir, weights=weights, checkpoint=checkpoint)
     cfg, k = run.config, run.num_classes
+    interval = guidance_interval or cfg.sample.guidance_interval
     if k is None:
         metrics = [m for m in metrics if m != "acc"]
     if "nll" in metrics and run.autoencoder is not None:
@@ -131,6 +136,7 @@ def evaluate_run(
             steps=steps,
             seed=seed,
             guidance=guidance,
+            guidance_interval=interval,
             device=device,
             callback=tick,
             to_images=run.to_images,  # latent models: decoded to pixels
@@ -169,6 +175,7 @@ def evaluate_run(
             "steps": steps,
             "seed": seed,
             "guidance": guidance,
+            "guidance_interval": list(interval) if interval else None,
             "features": features,
             "reference_split": split,
             "nll_num": nll_num or cfg.eval.nll_num,

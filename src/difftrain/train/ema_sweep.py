@@ -33,7 +33,6 @@ from difftrain.train.posthoc_ema import (
 from difftrain.train.setup import prepare_data
 
 DEFAULT_SWEEP = (0.01, 0.02, 0.03, 0.04, 0.05, 0.07, 0.10, 0.13, 0.16, 0.20, 0.25)
-VAL_MAX_IMAGES = 512  # the loop's bound, so numbers compare with val/loss in metrics.jsonl
 
 
 def parse_sigma_rels(text: str, option: str = "--sigma-rels") -> list[float]:
@@ -172,7 +171,7 @@ def posthoc_sweep(
         raise ConfigError(
             "data.val_fraction = 0: the sweep scores on the validation split; the run has none"
         )
-    n = min(len(val), VAL_MAX_IMAGES)
+    n = min(len(val), cfg.train.val_images)  # the loop's bound: comparable with its val/loss
     val_x, val_y = to_model_range(val.images[:n]), None if val.labels is None else val.labels[:n]
     info = _data_info(run_dir, cfg, data)
     denoiser = build_denoiser(cfg, info["num_classes"]).to(device).eval()

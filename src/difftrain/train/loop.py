@@ -62,7 +62,7 @@ from difftrain.train.posthoc_ema import PowerEMA, save_snapshots, snapshot_due, 
 from difftrain.train.setup import describe, environment, resolve_precision
 from difftrain.train.stream import mix_seed
 from difftrain.train.task import Task, build_task
-from difftrain.train.time_budget import TimeBudget, agreed, agreed_plan
+from difftrain.train.time_budget import TimeBudget, agreed, agreed_plan, event_costs
 
 __all__ = ["RunSummary", "TrainingDiverged", "train"]
 
@@ -257,7 +257,7 @@ def train(
     if tc.guard_on_device:  # the same windows and streak, kept on the device
         dguard = DeviceGuard(tc.spike_window, tc.spike_factor, acc.device)
         dguard.load(st.loss_window, st.grad_window, st.bad_streak)
-    val_x, val_y = validation_tensors(val, 512)  # bounded cost; pixels or latents
+    val_x, val_y = validation_tensors(val, tc.val_images)  # bounded cost; pixels or latents
     val_n = len(val_x)
     # Sample-quality evaluation during training (off unless eval.every > 0); main process only.
     evaluator = None
@@ -379,6 +379,7 @@ def train(
     max_steps = st.planned_steps or tc.max_steps
     t_start = time.time()
     t_log, imgs_log = time.time(), 0
+    events = event_costs(cfg, task, val_n, evaluator is not None) if budget.limit_s else None
     budget.start()
     bar = tqdm(
         total=max_steps,
@@ -491,7 +492,9 @@ def train(
         st.step += 1
         # Time budget: fix the run's length once from the measured step rate; stop at the limit.
         if budget.step_done() and st.planned_steps is None:
-            st.planned_steps = max_steps = agreed_plan(acc, budget, st.step, tc.max_steps)
+            st.planned_steps = max_steps = agreed_plan(
+                acc, budget, st.step, tc.max_steps, events, tc.batch_size // world
+            )
             bar.total = max_steps
             logger.log(st.step, {"train/planned_steps": max_steps})
             acc.print(f"train.time_limit = {tc.time_limit}: {max_steps} steps planned")

@@ -17,6 +17,7 @@ from difftrain.config import Config
 from difftrain.data import ImageData, to_model_range
 from difftrain.eval.validation import sigma_grid, training_sigma_loss, validation_loss
 from difftrain.pipeline.build import build_denoiser, build_objective
+from difftrain.samplers import nfe
 from difftrain.train.setup import write_samples
 
 
@@ -47,6 +48,13 @@ class Task:
 
     def validate(self, model, x: torch.Tensor, y, device) -> dict[str, float]:
         raise NotImplementedError
+
+    def event_forwards(self, val_n: int) -> tuple[int, int] | None:
+        """Denoiser forwards (images × calls) of one validation and one grid; None = unknown.
+
+        The time budget (train/time_budget.py) prices them; unknown costs are left to its margin.
+        """
+        return None
 
     def write_samples(self, model, path: Path, device) -> None:
         raise NotImplementedError
@@ -79,6 +87,11 @@ class DiffusionTask(Task):
             model, self.objective, x, y, seed=self.cfg.train.seed, device=device
         )
         return out
+
+    def event_forwards(self, val_n: int) -> tuple[int, int]:
+        s = self.cfg.sample
+        calls = nfe(s.sampler, s.steps) * (2 if s.guidance != 1.0 else 1)
+        return (len(self.sigmas) + 1) * val_n, s.num * calls  # 8 σ + the training σ mix
 
     def write_samples(self, model, path: Path, device) -> None:
         extra = {} if self.latents is None else {"latents": self.latents}

@@ -9,8 +9,11 @@ and fixes
 where `elapsed` counts from the start of `train` (data loading, model build and the step-0
 checkpoint included). The LR schedule, post-hoc EMA snapshots and the progress bar then use
 `planned` as the run's length, and the checkpoint records it, so `--resume` continues the same
-schedule exactly. The (1 − SAFETY) share is left for periodic validation, grids and checkpoints
-and the final ones. If the run still reaches the limit before `planned` (the machine got
+schedule exactly. The (1 − SAFETY) share is left for checkpoints and other small costs. When the
+task can say what its validations and sample grids cost in denoiser forwards (`EventCosts`), that
+cost is taken off the budget first: each forward is priced at a third of a training step's time
+per image (a step is one forward and a backward of about twice its cost), and the plan is the
+largest step count whose steps, periodic events and final validation/grid/evaluation fit. If the run still reaches the limit before `planned` (the machine got
 slower), it stops after the current step with a final checkpoint, validation and grid; the LR
 has then not finished its decay, and the stop is logged as `train/time_limit_stop`.
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 
 from difftrain.config.duration import parse_duration
 
@@ -31,13 +35,86 @@ SAFETY = 0.9  # share of the remaining budget planned for steps; the rest for gr
 clock = time.monotonic  # wall clock (a module attribute so tests can run on a simulated one)
 
 
+@dataclass(frozen=True)
+class EventCosts:
+    """Denoiser forwards (images × calls) of each event that interrupts training.
+
+    `validation` runs at every `checkpoint_every` step and at the end; `grid` at every
+    `sample_every` step and at the end; `evaluation` (0 = off) at the end and at steps that are
+    multiples of both `checkpoint_every` and `eval_every`.
+    """
+
+    validation: int
+    grid: int
+    evaluation: int
+    checkpoint_every: int
+    sample_every: int
+    eval_every: int
+
+    def forwards(self, steps_done: int, planned: int) -> int:
+        """Forwards of the events of steps steps_done+1 .. planned (the final ones included)."""
+
+        def count(every: int) -> int:  # periodic events before `planned`, plus the final one
+            return (planned - 1) // every - steps_done // every + 1 if every > 0 else 0
+
+        both = math.lcm(self.checkpoint_every, self.eval_every) if self.eval_every else 0
+        return (
+            count(self.checkpoint_every) * self.validation
+            + count(self.sample_every) * self.grid
+            + (count(both) * self.evaluation if self.evaluation else 0)
+        )
+
+
+def event_costs(cfg, task, val_n: int, evaluates: bool) -> EventCosts | None:
+    """The run's EventCosts from its config and task; None when the task cannot price them."""
+    from difftrain.samplers import nfe
+
+    per_event = task.event_forwards(val_n)
+    if per_event is None:
+        return None
+    e, tc = cfg.eval, cfg.train
+    return EventCosts(
+        validation=per_event[0],
+        grid=per_event[1],
+        evaluation=e.num * nfe(e.sampler, e.steps) if evaluates else 0,
+        checkpoint_every=tc.checkpoint_every,
+        sample_every=tc.sample_every,
+        eval_every=e.every if evaluates else 0,
+    )
+
+
 def planned_steps(
-    limit_s: float, elapsed_s: float, step_s: float, steps_done: int, max_steps: int
+    limit_s: float,
+    elapsed_s: float,
+    step_s: float,
+    steps_done: int,
+    max_steps: int,
+    events: EventCosts | None = None,
+    images_per_step: int = 1,
 ) -> int:
-    """The run's length under the budget: never above max_steps, never below steps_done."""
-    remaining = max(0.0, limit_s - elapsed_s) * SAFETY
-    extra = math.floor(remaining / max(step_s, 1e-9))
-    return max(steps_done, min(max_steps, steps_done + extra))
+    """The run's length under the budget: never above max_steps, never below steps_done.
+
+    Without `events`: steps_done + floor(SAFETY · (limit − elapsed) / step_s). With them, the
+    largest length whose steps (at step_s / SAFETY each) and events (forwards at step_s / (3 ·
+    images_per_step) each) fit in limit − elapsed.
+    """
+    remaining = max(0.0, limit_s - elapsed_s)
+    step_s = max(step_s, 1e-9)
+    extra = math.floor(remaining * SAFETY / step_s)
+    hi = max(steps_done, min(max_steps, steps_done + extra))
+    if events is None or hi == steps_done:
+        return hi
+    forward_s = step_s / (3 * max(1, images_per_step))
+
+    def fits(planned: int) -> bool:
+        cost = (planned - steps_done) * step_s / SAFETY
+        return cost + events.forwards(steps_done, planned) * forward_s <= remaining
+
+    lo = steps_done  # largest length that fits: the cost grows with the length
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    return lo
 
 
 class TimeBudget:
@@ -75,13 +152,22 @@ class TimeBudget:
         return self.limit_s is not None and self.elapsed() >= self.limit_s
 
 
-def agreed_plan(acc, budget: TimeBudget, steps_done: int, max_steps: int) -> int:
+def agreed_plan(
+    acc,
+    budget: TimeBudget,
+    steps_done: int,
+    max_steps: int,
+    events: EventCosts | None = None,
+    images_per_step: int = 1,
+) -> int:
     """planned_steps from the processes' mean timings, so every process plans the same length."""
     import torch
 
     t = torch.tensor([budget.elapsed(), budget.step_seconds()], dtype=torch.float64)
     elapsed, step_s = acc.reduce(t.to(acc.device), reduction="mean").tolist()
-    return planned_steps(budget.limit_s, elapsed, step_s, steps_done, max_steps)
+    return planned_steps(
+        budget.limit_s, elapsed, step_s, steps_done, max_steps, events, images_per_step
+    )
 
 
 def agreed(acc, budget: TimeBudget) -> bool:
