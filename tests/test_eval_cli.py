@@ -21,6 +21,7 @@ from difftrain.cli.main import app
 from difftrain.config import load_config
 from difftrain.data import load_data
 from difftrain.eval.evaluate import TrainingEvaluator
+from difftrain.eval.run_eval import evaluate_run
 from difftrain.pipeline.run import load_run
 
 from .conftest import TINY
@@ -167,6 +168,23 @@ def test_training_evaluator_returns_scalars_for_the_loop(run_dir):
     assert all(isinstance(v, float) and math.isfinite(v) for v in out.values())
     cfg_off = load_config(run_dir / "config.yaml")
     assert TrainingEvaluator.from_config(cfg_off, train, val) is None  # eval.every = 0: off
+
+
+def test_training_evaluator_samples_with_the_configured_guidance(run_dir):
+    """In-training evaluation scores the model as `sample.*` draws it: guidance included."""
+    sets = ["eval.every=10", "eval.num=40", "eval.steps=3", "eval.metrics=[fid,acc]"]
+    den = load_run(run_dir).denoiser
+    out = {}
+    for g in ("1.0", "3.0"):
+        cfg = load_config(run_dir / "config.yaml", [*sets, f"sample.guidance={g}"])
+        train, val = load_data(cfg.data).split(cfg.data.val_fraction, cfg.train.seed)
+        with one_thread():
+            out[g] = TrainingEvaluator.from_config(cfg, train, val)(den, step=30)
+    with one_thread():
+        plain = evaluate_run(run_dir, metrics=["fid", "acc"], num=40, sampler="dpmpp-2m", steps=3,
+                             seed=1, guidance=3.0, out=run_dir / "g3")  # fmt: skip
+    assert out["3.0"]["eval/fid_domain"] != out["1.0"]["eval/fid_domain"]
+    assert out["3.0"]["eval/fid_domain"] == pytest.approx(plain["metrics"]["fid_domain"])
 
 
 def test_report_is_one_self_contained_page(run_dir):

@@ -293,6 +293,8 @@ class TrainingEvaluator:
                 sampler=e.sampler,
                 steps=e.steps,
                 seed=e.seed,
+                guidance=self.cfg.sample.guidance,  # the model as it is sampled
+                guidance_interval=self.cfg.sample.guidance_interval,
                 device=self.device,
                 to_images=self.to_images,
             )

@@ -76,7 +76,9 @@ def event_costs(cfg, task, val_n: int, evaluates: bool) -> EventCosts | None:
     return EventCosts(
         validation=per_event[0],
         grid=per_event[1],
-        evaluation=e.num * nfe(e.sampler, e.steps) if evaluates else 0,
+        evaluation=e.num * nfe(e.sampler, e.steps) * (2 if cfg.sample.guidance != 1.0 else 1)
+        if evaluates
+        else 0,
         checkpoint_every=tc.checkpoint_every,
         sample_every=tc.sample_every,
         eval_every=e.every if evaluates else 0,
