@@ -10,8 +10,9 @@ cost), and times each setting in one process, wall clock:
     difference of the images from the default's (0 = bitwise equal);
   * `torch.compile` of the denoiser (first call, compile time included, reported separately);
   * torch intra-op threads (`--threads`);
-  * fewer-NFE samplers (`--samplers name:steps,...`); their quality is not measured here: compare
-    them at equal domain FID with `difftrain evaluate --sampler S --steps N`.
+  * other samplers (`--samplers name:steps[:guidance],...`, e.g. `heun:18:1` for the previous
+    demo default); their quality is not measured here: compare them at equal domain FID with
+    `difftrain evaluate --sampler S --steps N` (bench/sampling_settings.sh).
 
 Figures depend on the machine and on what else runs on it: run on an idle machine, and write the
 load average (printed) next to any figure you quote.
@@ -50,15 +51,22 @@ def load_model(args) -> tuple[object, torch.nn.Module, int | None]:
 
 
 def timed(
-    cfg, den, k, num, batch, sampler, steps, mode=torch.no_grad
+    cfg, den, k, num, batch, sampler, steps, mode=torch.no_grad, guidance=None
 ) -> tuple[float, torch.Tensor]:
-    """(seconds, images) of one generation of `num` images."""
+    """(seconds, images) of one generation of `num` images.
+
+    guidance None = the config's sample.guidance and sample.guidance_interval; a number = that
+    weight at every step (no interval).
+    """
+    interval = cfg.sample.guidance_interval if guidance is None else None
+    guidance = cfg.sample.guidance if guidance is None else guidance
     labels = default_labels(num, k)
     t = time.perf_counter()
     with mode():
         images = generate(
             den, num=num, shape=sample_shape(cfg), seed=0, labels=labels, null_class=k,
-            guidance=cfg.sample.guidance, sampler=sampler, sigmas=build_sigmas(cfg, steps),
+            guidance=guidance, guidance_interval=interval, sampler=sampler,
+            sigmas=build_sigmas(cfg, steps),
             sampler_options=sampler_options(sampler), batch_size=batch,
         )  # fmt: skip
     return time.perf_counter() - t, images
@@ -82,7 +90,11 @@ def main() -> None:
     ap.add_argument("--num", type=int, default=1000)
     ap.add_argument("--batches", default="16,64,256", help="batch sizes to time")
     ap.add_argument("--threads", default="", help="intra-op thread counts to time, e.g. 1,2")
-    ap.add_argument("--samplers", default="dpmpp-2m:10,dpmpp-2m:6", help="name:steps,...")
+    ap.add_argument(
+        "--samplers",
+        default="dpmpp-2m:10,dpmpp-2m:6",
+        help="name:steps[:guidance],... (no guidance given: the config's, with its interval)",
+    )
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     ap.add_argument("--out", help="also write the rows as JSON here")
     args = ap.parse_args()
@@ -113,9 +125,11 @@ def main() -> None:
         torch.set_num_threads(old)
         rows.append(row(f"{n} threads batch {base_batch}", secs, num))
     for spec in [s for s in args.samplers.split(",") if s]:
-        name, n_steps = spec.split(":")
-        secs, _ = timed(cfg, den, k, num, base_batch, name, int(n_steps))
-        rows.append(row(f"{name} {n_steps} steps batch {base_batch}", secs, num))
+        name, n_steps, *g = spec.split(":")
+        guidance = float(g[0]) if g else None
+        secs, _ = timed(cfg, den, k, num, base_batch, name, int(n_steps), guidance=guidance)
+        label = f"{name} {n_steps} steps" + (f" guidance {guidance:g}" if g else "")
+        rows.append(row(f"{label} batch {base_batch}", secs, num))
     if not args.no_compile:
         try:
             compiled = torch.compile(den)
