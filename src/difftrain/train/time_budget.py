@@ -9,13 +9,15 @@ and fixes
 where `elapsed` counts from the start of `train` (data loading, model build and the step-0
 checkpoint included). The LR schedule, post-hoc EMA snapshots and the progress bar then use
 `planned` as the run's length, and the checkpoint records it, so `--resume` continues the same
-schedule exactly. The (1 − SAFETY) share is left for checkpoints and other small costs. When the
+schedule exactly. The (1 − SAFETY) share is left for validation, grids and checkpoints. When the
 task can say what its validations and sample grids cost in denoiser forwards (`EventCosts`), that
 cost is taken off the budget first: each forward is priced at a third of a training step's time
 per image (a step is one forward and a backward of about twice its cost), and the plan is the
-largest step count whose steps, periodic events and final validation/grid/evaluation fit. If the run still reaches the limit before `planned` (the machine got
-slower), it stops after the current step with a final checkpoint, validation and grid; the LR
-has then not finished its decay, and the stop is logged as `train/time_limit_stop`.
+largest step count whose steps, periodic events and final validation/grid/evaluation fit, with
+(1 − PRICED_SAFETY) of the step time left for checkpoints. If the run still reaches the limit
+before `planned` (the machine got slower), it stops after the current step with a final
+checkpoint, validation and grid; the LR has then not finished its decay, and the stop is logged
+as `train/time_limit_stop`.
 
 The first MEASURE_STEPS steps run with the schedule of `max_steps`: with warm-up of at least
 that many steps (the usual case) their LR does not depend on the run's length at all.
@@ -32,6 +34,7 @@ from difftrain.config.duration import parse_duration
 WARMUP_STEPS = 2  # first steps of an invocation, not timed: first-call and allocator overheads
 MEASURE_STEPS = 10  # steps (after the warm-up ones) whose mean wall time fixes the plan
 SAFETY = 0.9  # share of the remaining budget planned for steps; the rest for grids/validation/saves
+PRICED_SAFETY = 0.95  # the same with validation, grids and evaluation priced: the rest for saves
 clock = time.monotonic  # wall clock (a module attribute so tests can run on a simulated one)
 
 
@@ -97,19 +100,20 @@ def planned_steps(
     """The run's length under the budget: never above max_steps, never below steps_done.
 
     Without `events`: steps_done + floor(SAFETY · (limit − elapsed) / step_s). With them, the
-    largest length whose steps (at step_s / SAFETY each) and events (forwards at step_s / (3 ·
-    images_per_step) each) fit in limit − elapsed.
+    largest length whose steps (at step_s / PRICED_SAFETY each) and events (forwards at
+    step_s / (3 · images_per_step) each) fit in limit − elapsed.
     """
     remaining = max(0.0, limit_s - elapsed_s)
     step_s = max(step_s, 1e-9)
-    extra = math.floor(remaining * SAFETY / step_s)
+    if events is None:
+        extra = math.floor(remaining * SAFETY / step_s)
+        return max(steps_done, min(max_steps, steps_done + extra))
+    extra = math.floor(remaining * PRICED_SAFETY / step_s)
     hi = max(steps_done, min(max_steps, steps_done + extra))
-    if events is None or hi == steps_done:
-        return hi
     forward_s = step_s / (3 * max(1, images_per_step))
 
     def fits(planned: int) -> bool:
-        cost = (planned - steps_done) * step_s / SAFETY
+        cost = (planned - steps_done) * step_s / PRICED_SAFETY
         return cost + events.forwards(steps_done, planned) * forward_s <= remaining
 
     lo = steps_done  # largest length that fits: the cost grows with the length
