@@ -20,8 +20,10 @@ RES="$OUT/results.tsv"
 [ -f "$RES" ] || printf 'name\tsteps\timages\ttrain_s\tfid\tkid\tprecision\trecall\tacc\tsampler\tsettings\n' >"$RES"
 [ -f "$OUT/features/feature_net.json" ] || $DT features train $CFG --set "features.out=$OUT/features" \
   --set logging.progress=false
+# A row named `common` holds overrides for every row (it is not a row itself).
+COMMON=$(grep '^common|' "$ROWS" | head -1 | cut -d'|' -f2- || true)
 while true; do
-  line=$(grep -v '^\s*#' "$ROWS" | grep -v '^\s*$' | while IFS='|' read -r name sets; do
+  line=$(grep -v '^\s*#' "$ROWS" | grep -v '^\s*$' | grep -v '^common|' | while IFS='|' read -r name sets; do
     cut -f1 "$RES" | grep -qx "$name" || { echo "$name|$sets"; break; }; done || true)
   [ -z "$line" ] && break
   name=${line%%|*}; sets=${line#*|}
@@ -29,7 +31,7 @@ while true; do
   start=$(date +%s.%N)
   # shellcheck disable=SC2086
   $DT train $CFG --set "train.run_dir=$OUT/$name" --set "train.time_limit=$LIMIT" \
-    --set eval.every=0 --set logging.progress=false $sets >"$OUT/$name.log" 2>&1 \
+    --set eval.every=0 --set logging.progress=false $COMMON $sets >"$OUT/$name.log" 2>&1 \
     || { tail -20 "$OUT/$name.log"; exit 1; }
   train_s=$(python3 -c "import time; print(round(time.time() - $start))")
   $DT evaluate "$OUT/$name" --num 1000 --sampler "${SAMPLER%%:*}" --steps "${SAMPLER##*:}" \
@@ -42,7 +44,7 @@ m = json.load(open(f"{run}/eval.json"))["evaluations"][-1]["metrics"]
 print("\t".join(str(v) for v in (
     name, rows[-1]["step"], rows[-1]["train/images_seen"], train_s, round(m["fid_domain"], 3),
     round(m["kid_domain"], 4), round(m["precision_domain"], 3), round(m["recall_domain"], 3),
-    round(m["acc"], 3), sampler, sets.strip() or "(the demo recipe)")))
+    round(m["acc"], 3), sampler, sets.strip() or "(today's config)")))
 PY
   tail -1 "$RES"
 done
