@@ -25,6 +25,7 @@ from difftrain.eval.rewards import (
     build_reward,
     save_reward_mlp,
 )
+from difftrain.pipeline.build import build_objective
 from difftrain.train.reward_policy import advantages, gaussian_log_prob
 from difftrain.train.reward_task import RewardObjective, check_reward_config
 from tests.run_fixtures import TINY, make_run
@@ -58,7 +59,7 @@ def tune(method: str, penalty: float = 0.0, steps: int = 60, batch: int = 32, **
     model = ToyDenoiser()
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
     cfg = reward_cfg(method=method, penalty=penalty, **reward)
-    obj = RewardObjective(cfg, PythonReward(NEAR), model, start)
+    obj = RewardObjective(cfg, PythonReward(NEAR), model, start, build_objective(cfg))
     opt = torch.optim.Adam(model.parameters(), lr=0.02)
     rewards, clipped = [], []
     for step in range(steps):
@@ -89,6 +90,15 @@ def test_huge_penalty_holds_the_weights_near_their_start():
     _, free, _, _ = tune("ddpo", penalty=0.0, steps=30)
     _, held, _, _ = tune("ddpo", penalty=1e4, steps=30)
     assert held < 0.1 * free
+
+
+@pytest.mark.parametrize("method", ["ddpo", "draft"])
+def test_data_term_holds_samples_on_the_data(method):
+    # The toy's training images are all 0 (the data) and the reward's optimum is 0.3: the
+    # diffusion loss on the real batch (reward.data_weight) pulls b back towards the data.
+    _, _, free, _ = tune(method, steps=40)
+    _, _, held, _ = tune(method, steps=40, data_weight=50.0)
+    assert free > 0.2 and abs(held) < 0.3 * free, (free, held)
 
 
 def test_ddpo_reuse_moves_the_ratio_and_clips_it():
@@ -241,13 +251,15 @@ def finetune(*args):
 def test_cli_fine_tunes_resumes_exactly_and_keeps_the_start(tmp_path):
     src = make_run(tmp_path / "src")
     common = ["--reward", "python:tests.reward_fixtures:brightness", "--set", "reward.reuse=2",
-              "--set", "train.checkpoint_every=2", "--set", "train.keep_checkpoints=5"]  # fmt: skip
+              "--set", "train.checkpoint_every=2", "--set", "train.keep_checkpoints=5",
+              "--set", "reward.data_weight=0.5"]  # fmt: skip
     res = finetune(src, "--out", tmp_path / "a", "--max-steps", 4, *common)
     assert res.exit_code == 0, res.output + repr(res.exception)
     assert "reward fine-tuning (ddpo" in res.output
     a = tmp_path / "a"
     rows = [json.loads(r) for r in (a / "metrics.jsonl").read_text().splitlines()]
     assert any("reward/mean" in r for r in rows) and any("eval/reward" in r for r in rows)
+    assert any("reward/data_loss" in r for r in rows)  # the real batch's diffusion loss
     assert load_config(a / "config.yaml").reward.name == "python"
     start = load_file(a / "checkpoints/step-0000004/reward_start.safetensors")
     source = load_file(src / "checkpoints/step-0000001/ema.safetensors")
@@ -280,3 +292,20 @@ def test_cli_refuses_bad_rewards_with_exit_2(tmp_path, args, match):
     res = finetune(src, "--out", tmp_path / "out", "--max-steps", 1, *args)
     assert res.exit_code == 2, res.output + repr(res.exception)
     assert match in res.output
+
+
+def test_method_defaults_and_set_overrides(tmp_path):
+    # DRaFT defaults to the recipe measured on the Fashion-MNIST demo model (K = 3, lr 2e-5, the
+    # data term at 0.1); DDPO keeps lr 1e-4 and no data term; --lr and --set win over both.
+    from difftrain.train.reward_run import reward_config
+
+    src = make_run(tmp_path / "src")
+    draft = reward_config(src, "class-prob", tmp_path / "d", method="draft")
+    assert (draft.reward.draft_k, draft.reward.data_weight, draft.optim.lr) == (3, 0.1, 2e-5)
+    ddpo = reward_config(src, "class-prob", tmp_path / "p", method="ddpo")
+    assert (ddpo.reward.data_weight, ddpo.optim.lr) == (0.0, 1e-4)
+    mine = reward_config(
+        src, "class-prob", tmp_path / "m", method="draft", lr=1e-4,
+        overrides=["reward.draft_k=1", "reward.data_weight=0"],
+    )  # fmt: skip
+    assert (mine.reward.draft_k, mine.reward.data_weight, mine.optim.lr) == (1, 0.0, 1e-4)

@@ -24,7 +24,9 @@ def finetune_reward(
         None, "--checkpoint", help="Checkpoint name in RUN/checkpoints (default: latest good)."
     ),
     max_steps: int = typer.Option(100, "--max-steps", help="Optimizer steps of fine-tuning."),
-    lr: float = typer.Option(1e-4, "--lr", help="Learning rate (constant, no warm-up)."),
+    lr: float | None = typer.Option(
+        None, "--lr", help="Learning rate (constant, no warm-up); default 2e-5 draft, 1e-4 ddpo."
+    ),
     set_: list[str] = typer.Option(
         [], "--set", help="Override a key, e.g. --set reward.penalty=1e-3 (repeatable)."
     ),

@@ -769,6 +769,12 @@ class RewardConfig(Section):
     penalty: float = Field(
         0.0, ge=0, description="λ of λ·‖θ − θ_start‖² (distance to the starting weights)"
     )
+    data_weight: float = Field(
+        0.0,
+        ge=0,
+        description="weight of the ordinary diffusion loss on the real training batch, added to "
+        "the reward loss (ReFL-style regularisation, Xu et al. 2023): keeps samples diverse",
+    )
     val_num: int = Field(
         64, ge=0, le=MAX_EVAL_IMAGES, description="samples scored at each validation (eval/reward)"
     )

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from difftrain.config import Config, ConfigError
-from difftrain.diffusion.loss import SlicedGenerator
+from difftrain.diffusion.loss import SlicedGenerator, rand_on
 from difftrain.eval.rewards import REWARDS, Reward, build_reward
 from difftrain.pipeline.build import build_sigmas
 from difftrain.pipeline.checkpoint import read_checkpoint
@@ -74,8 +74,12 @@ def check_reward_config(cfg: Config) -> None:
 class RewardObjective:
     """`loss(D, x0, cond, gen)`: DDPO surrogate or DRaFT-K −reward per example, plus penalty."""
 
-    def __init__(self, cfg: Config, reward: Reward, model: torch.nn.Module, start: dict):
+    def __init__(
+        self, cfg: Config, reward: Reward, model: torch.nn.Module, start: dict, data_objective=None
+    ):
         self.r, self.reward, self.model, self.start = cfg.reward, reward, model, start
+        self.data_objective = data_objective  # the diffusion loss of reward.data_weight
+        self.data_cond: torch.Tensor | None = None  # this micro-batch's real labels (condition())
         chain_cfg = cfg.model_copy(deep=True)
         chain_cfg.diffusion.sigma_min = self.r.sigma_min
         self.sigmas = build_sigmas(chain_cfg, self.r.steps)
@@ -151,7 +155,13 @@ class RewardObjective:
         self.stats.update(
             {"reward/mean": float(rewards.mean()), "reward/distance": float(pen.detach().sqrt())}
         )
-        return loss + r.penalty * pen.to(loss.device)
+        loss = loss + r.penalty * pen.to(loss.device)
+        if r.data_weight > 0:  # the ordinary denoising loss on the real batch (its own labels)
+            cond_data = None if self.data_cond is None else self.data_cond.to(x0.device)
+            data_loss = self.data_objective(denoiser, x0, cond_data, generator)
+            self.stats["reward/data_loss"] = float(data_loss.detach().mean())
+            loss = loss + r.data_weight * data_loss
+        return loss
 
 
 class RewardTask(DiffusionTask):
@@ -169,7 +179,9 @@ class RewardTask(DiffusionTask):
             callable_spec=r.callable, jpeg_quality=r.jpeg_quality,
         )  # fmt: skip
         self.diffusion_objective = self.objective  # for the validation losses
-        self.objective = RewardObjective(cfg, self.reward, self.model, self.start)
+        self.objective = RewardObjective(
+            cfg, self.reward, self.model, self.start, data_objective=self.diffusion_objective
+        )
 
     def _load_source(self, cfg: Config) -> dict[str, torch.Tensor]:
         """Load the source checkpoint's EMA weights into the model; return a copy (θ_start)."""
@@ -192,9 +204,18 @@ class RewardTask(DiffusionTask):
         self.objective.begin_step(step)
 
     def condition(self, batch, rows: slice, gen: torch.Generator) -> torch.Tensor | None:
-        """Balanced classes (guidance 1: never the null class); None for unconditional runs."""
+        """Balanced classes (guidance 1: never the null class); None for unconditional runs.
+
+        With reward.data_weight > 0 the real rows' labels, dropped to the null class at
+        train.label_dropout as in pre-training, are kept for the diffusion loss on those rows.
+        """
         if self.num_classes is None:
             return None
+        if self.cfg.reward.data_weight > 0:
+            labels = batch.labels[rows].clone()
+            drop = rand_on((len(labels),), gen, "cpu") < self.cfg.train.label_dropout
+            labels[drop] = self.num_classes
+            self.objective.data_cond = labels
         n = len(range(*rows.indices(len(batch.x))))
         start = rows.start or 0
         if isinstance(gen, SlicedGenerator):  # global rows, so the layout is process-count free
