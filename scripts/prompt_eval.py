@@ -34,10 +34,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, help="sampler steps (default: the run's)")
     p.add_argument("--guidance", type=float, help="guidance weight (default: the run's)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint", type=Path, help="a checkpoint dir (default: the latest)")
     p.add_argument("--out", type=Path, help="default: RUN/prompt_eval.json")
     a = p.parse_args(argv)
 
-    run = load_run(a.run)
+    run = load_run(a.run, checkpoint=a.checkpoint)
     net, info = load_feature_net(a.feature_net or a.run / "features")
     pairs = read_prompt_categories(a.prompts)
     categories = {prompt: category_index(cat, info["class_names"]) for prompt, cat in pairs}

@@ -194,6 +194,14 @@ def test_prompt_eval_script_on_a_text_run(text_run, tmp_path):
     assert saved["prompt_accuracy"] == result["prompt_accuracy"]
     assert set(saved["per_prompt"]) == {"red square", "blue disc"} and saved["chance"] == 0.5
     assert saved["images"] == 4 and saved["reference_images"] == 2
+    # --checkpoint scores a named checkpoint (not the latest) and records which.
+    ckpts = sorted((text_run / "checkpoints").glob("step-*"))
+    ckpt = ckpts[0]
+    assert len(ckpts) > 1 and saved["checkpoint"] == str(ckpts[-1])
+    again = mod.main([str(text_run), "--prompts", str(prompts), "--feature-net",
+                      str(tmp_path / "features"), "--num", "2", "--steps", "2", "--out", str(out),
+                      "--checkpoint", str(ckpt)])  # fmt: skip
+    assert again["checkpoint"] == str(ckpt)
 
 
 def test_a_short_run_learns_to_follow_prompts(tmp_path):
