@@ -45,7 +45,7 @@ system-deps:
 DEMO_TIME ?= 6m30s
 DEMO_SAMPLING := --sampler dpmpp-2m --steps 10 --guidance 2 --guidance-interval 0.28,5.42
 demo: install system-deps
-	rm -rf runs/demo
+	scripts/demo_dir.sh fresh runs/demo
 	$(BIN)/difftrain features train configs/fashion-mnist.yaml --set train.run_dir=runs/demo
 	$(BIN)/difftrain train configs/fashion-mnist.yaml --set train.run_dir=runs/demo --set train.time_limit=$(DEMO_TIME)
 	$(BIN)/difftrain evaluate runs/demo --num 1000 $(DEMO_SAMPLING)
@@ -62,7 +62,7 @@ data-cache/emoji-base/metadata.jsonl:
 
 # Each training stage is bounded by its config's train.time_limit (8 + 40 minutes on 2 cores).
 demo-t2i: install data-cache/emoji-base/metadata.jsonl
-	rm -rf runs/emoji-vae runs/emoji-t2i
+	scripts/demo_dir.sh fresh runs/emoji-vae runs/emoji-t2i
 	$(BIN)/difftrain train configs/emoji-vae.yaml --set train.run_dir=runs/emoji-vae
 	$(BIN)/difftrain train configs/emoji-t2i.yaml --set latent.autoencoder=runs/emoji-vae
 	$(BIN)/difftrain sample runs/emoji-t2i --num 8 --guidance 3 --seed 0 \
@@ -106,4 +106,6 @@ lint: install-dev
 	$(BIN)/ruff format --check src tests bench
 
 clean:
-	rm -rf $(VENV) runs build dist src/*.egg-info
+	scripts/demo_dir.sh remove runs/demo runs/emoji-vae runs/emoji-t2i
+	rmdir runs 2>/dev/null || true
+	rm -rf $(VENV) build dist src/*.egg-info

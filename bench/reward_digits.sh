@@ -8,7 +8,9 @@ OUT=${1:-/tmp/reward-bench}
 STEPS=${2:-40}
 DT=.venv/bin/difftrain
 export OMP_NUM_THREADS=1
-rm -rf "$OUT/base" "$OUT/ddpo" "$OUT/draft" "$OUT"/eval-*
+for d in "$OUT"/{base,ddpo,draft,eval-base,eval-ddpo,eval-draft}; do  # never deletes: refuses
+  [ -e "$d" ] && { echo "$d exists: move it away (or pass another OUT_DIR) first" >&2; exit 2; }
+done
 mkdir -p "$OUT"
 quiet=(--set logging.progress=false --set logging.tensorboard=false)
 t() { local s=$SECONDS; "$@" >"$OUT/last.log" 2>&1 || { cat "$OUT/last.log"; exit 1; }; echo $((SECONDS - s)); }

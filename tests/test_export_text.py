@@ -28,14 +28,19 @@ from tests.export_helpers import make_text_latent_run
 PROMPTS = ["red square", "blue disc", "", "a much longer prompt that gets truncated"]
 
 
-@pytest.mark.parametrize("tokenizer,objective", [("byte", "edm"), ("bpe", "vp")])
-def test_stable_diffusion_layout_reproduces_difftrain(tmp_path, tokenizer, objective):
+@pytest.mark.parametrize(
+    "tokenizer,objective,pooled",
+    [("byte", "edm", False), ("bpe", "vp", False), ("byte", "edm", True)],
+)
+def test_stable_diffusion_layout_reproduces_difftrain(tmp_path, tokenizer, objective, pooled):
     run_dir = make_text_latent_run(
-        tmp_path / "run", tokenizer, **{"diffusion.objective": objective}
+        tmp_path / "run", tokenizer, **{"diffusion.objective": objective, "text.pooled": pooled}
     )
     export_run(run_dir, "diffusers", tmp_path / "sd")
     index = json.loads((tmp_path / "sd/model_index.json").read_text())
     assert index["_class_name"] == "StableDiffusionPipeline"
+    unet_cfg = json.loads((tmp_path / "sd/unet/config.json").read_text())
+    assert unet_cfg["addition_embed_type"] == ("text" if pooled else None)
     pipe = DiffusionPipeline.from_pretrained(tmp_path / "sd")
     pipe.set_progress_bar_config(disable=True)
     run = load_run(run_dir)

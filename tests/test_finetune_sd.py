@@ -290,6 +290,8 @@ def test_bad_configs_exit_2(sd, tmp_path):
     assert "diffusion.objective = 'edm' disagrees" in res.output
     res = invoke("train", cfg, "--set", "model.block_out_channels=[8,16]", code=2)
     assert "model.block_out_channels is not used with model.pretrained" in res.output
+    res = invoke("train", cfg, "--set", "text.pooled=true", code=2)
+    assert "text.pooled = true with model.pretrained" in res.output
     res = invoke("train", cfg, "--set", "finetune.lora.target_modules=[nope]", code=2)
     assert "finetune.lora" in res.output
     res = invoke("train", cfg, "--set", "model.pretrained=null", "--set", "finetune.method=full",

@@ -84,6 +84,32 @@ def test_text_changes_the_denoiser_and_none_is_the_empty_prompt():
         den(x, sigma, torch.tensor([1, 2]))  # class labels are not a prompt
 
 
+@pytest.mark.parametrize("pooled", [False, True])
+def test_pooled_text_reaches_the_unet_without_cross_attention(pooled):
+    """text.pooled adds the attention-pooled prompt to the timestep embedding: with every
+    cross-attention output zeroed, the prompt still changes the output only when pooled."""
+    torch.manual_seed(0)
+    cfg = cfg_for(pooled=pooled)
+    check_config(cfg)
+    den = build_denoiser(cfg, None).eval()
+    for name, module in den.backbone.unet.named_modules():
+        if name.endswith("attn2.to_out.0"):  # the cross-attention's output projection
+            torch.nn.init.zeros_(module.weight)
+            torch.nn.init.zeros_(module.bias)
+    text = TextConditioning.open(cfg)
+    x, sigma = torch.randn(2, 1, 8, 8), torch.tensor([1.0, 1.0])
+    a = den(x, sigma, text.ids(["cat face"] * 2))
+    b = den(x, sigma, text.ids(["red heart"] * 2))
+    assert ((a - b).abs().max() > 1e-4) == pooled
+
+
+def test_pooled_text_is_refused_where_it_cannot_apply():
+    with pytest.raises(ConfigError, match="text.pooled = true: model.preset 'dit-tiny'"):
+        check_config(cfg_for("dit-tiny", pooled=True))
+    with pytest.raises(ConfigError, match="text.pooled = true, but the model reads no text"):
+        check_config(cfg_for("unet-tiny", encoder="none", pooled=True))
+
+
 def test_text_gradients_reach_the_encoder_which_is_part_of_the_model():
     torch.manual_seed(0)
     cfg = cfg_for()

@@ -616,6 +616,12 @@ class TextConfig(Section):
         description="share of a caption's comma-separated tags dropped in training, at least one "
         "kept (kohya's caption_tag_dropout_rate): 'slice of pizza, pizza' also teaches 'pizza'",
     )
+    pooled: bool = Field(
+        False,
+        description="cross-attention U-Nets: also add an attention-pooled text embedding to the "
+        "timestep embedding (Imagen; diffusers addition_embed_type='text'), so every level, not "
+        "only the cross-attention ones, reads the prompt",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> TextConfig:

@@ -49,6 +49,16 @@ def rand_on(shape, generator: torch.Generator | None, device) -> torch.Tensor:
     return _draw(lambda s, g, d: torch.rand(s, generator=g, device=d), shape, generator, device)
 
 
+def drop_labels(
+    labels: torch.Tensor, rate: float, null_class: int, generator: torch.Generator | None
+) -> torch.Tensor:
+    """A copy of `labels`, each replaced by `null_class` (the guidance null) with probability
+    `rate`: one uniform draw per label, made even at rate 0 so the generator's use is fixed."""
+    out = labels.clone()
+    out[rand_on((len(out),), generator, "cpu") < rate] = null_class
+    return out
+
+
 def randint_on(high: int, n: int, generator: torch.Generator | None, device="cpu") -> torch.Tensor:
     """n uniform integers in [0, high) drawn on the generator's device."""
     return _draw(

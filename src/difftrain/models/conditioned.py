@@ -26,9 +26,13 @@ class CondUNetBackbone(nn.Module):
         text: TextEncoder,
         dropout: float = 0.0,
         out_channels: int | None = None,
+        pooled: bool = False,
     ):
         super().__init__()
         n = len(preset.block_out_channels)
+        # pooled: Imagen's pooled text embedding added to the timestep embedding (DeepFloyd IF's
+        # attention pooling), which reaches every ResNet block, at every resolution.
+        pooling = {"addition_embed_type": "text", "addition_embed_type_num_heads": text.heads}
         attn = set(preset.attention_levels)
         self.text = text
         self.unet = UNet2DConditionModel(
@@ -48,6 +52,7 @@ class CondUNetBackbone(nn.Module):
             norm_num_groups=preset.norm_num_groups,
             cross_attention_dim=text.width,
             dropout=dropout,
+            **(pooling if pooled else {}),
         )
 
     def forward(

@@ -160,6 +160,7 @@ class TextEncoder(nn.Module):
         super().__init__()
         self.model, self.frozen = model, frozen
         self.width = int(model.config.hidden_size)
+        self.heads = int(model.config.num_attention_heads)
         self.max_length = int(null_ids.shape[-1])
         self.register_buffer("null_ids", null_ids.reshape(1, -1).long(), persistent=False)
         if frozen:

@@ -29,6 +29,11 @@ def model_preset(cfg: Config) -> UNetPreset | DiTPreset:
 def check_model(cfg: Config, preset: UNetPreset | DiTPreset) -> None:
     """Preset internals (levels, group norm) and that the preset fits the conditioning."""
     name, text = cfg.model.preset, uses_text(cfg)
+    if cfg.text.pooled and not text:
+        raise ConfigError(
+            "text.pooled = true, but the model reads no text (text.encoder = 'none'): set "
+            "text.encoder (scratch or path) or remove text.pooled"
+        )
     if text and cfg.eval.every:
         # The in-training evaluator conditions samples on class labels, which a text model
         # cannot read; fail here rather than at the first evaluation, hours in.
@@ -42,6 +47,11 @@ def check_model(cfg: Config, preset: UNetPreset | DiTPreset) -> None:
             "choose a unet-* or dit-* preset for images"
         )
     if isinstance(preset, DiTPreset):
+        if text and cfg.text.pooled:
+            raise ConfigError(
+                f"text.pooled = true: model.preset {name!r} is a DiT, which reads text through "
+                "cross-attention only; set text.pooled = false or choose a unet-cond-* preset"
+            )
         return  # class or text: DiT serves both
     if preset.cross_attention and not text:
         raise ConfigError(
@@ -83,6 +93,8 @@ def build_backbone(
     if uses_text(cfg):
         text = build_text_encoder(cfg)
         cls = TextDiTBackbone if isinstance(preset, DiTPreset) else CondUNetBackbone
+        if cls is CondUNetBackbone:
+            return cls(preset, resolution, channels, text, dropout, out_channels, cfg.text.pooled)
         return cls(preset, resolution, channels, text, dropout, out_channels=out_channels)
     cls = DiTBackbone if isinstance(preset, DiTPreset) else UNetBackbone
     return cls(preset, resolution, channels, num_classes, dropout, out_channels=out_channels)

@@ -146,6 +146,11 @@ def resolve_pretrained(cfg: Config) -> Config:
             "text.encoder = 'scratch' with model.pretrained: the pipeline brings its own text "
             "encoder; remove text.encoder"
         )
+    if cfg.text.pooled:
+        raise ConfigError(
+            "text.pooled = true with model.pretrained: the pipeline's U-Net keeps its own "
+            "architecture; remove text.pooled"
+        )
     tok = read_json(path / "tokenizer" / "tokenizer_config.json") if (
         path / "tokenizer" / "tokenizer_config.json").is_file() else {}  # fmt: skip
     max_len = tok.get("model_max_length", 77)

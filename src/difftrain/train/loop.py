@@ -14,7 +14,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from difftrain.config import Config, ConfigError, dump_config
-from difftrain.diffusion.loss import SlicedGenerator, rand_on
+from difftrain.diffusion.loss import SlicedGenerator, drop_labels
 from difftrain.errors import TrainingDiverged
 from difftrain.eval.evaluate import TrainingEvaluator
 from difftrain.pipeline.build import check_config
@@ -315,10 +315,7 @@ def train(
         rows = slice(m * per_proc, (m + 1) * per_proc)
         cond = task.condition(batch, rows, gen)  # text: caption ids, some dropped to ""
         if cond is None and batch.labels is not None:
-            cond = batch.labels[rows].clone()
-            cond[rand_on((len(cond),), gen, "cpu") < tc.label_dropout] = (
-                data.num_classes
-            )  # null class
+            cond = drop_labels(batch.labels[rows], tc.label_dropout, data.num_classes, gen)
         return batch.x[rows].to(acc.device), None if cond is None else cond.to(acc.device)
 
     def step_generators(step: int) -> torch.Generator:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from difftrain.config import Config, ConfigError
-from difftrain.diffusion.loss import SlicedGenerator, rand_on
+from difftrain.diffusion.loss import SlicedGenerator, drop_labels
 from difftrain.eval.rewards import REWARDS, Reward, build_reward
 from difftrain.pipeline.build import build_sigmas
 from difftrain.pipeline.checkpoint import read_checkpoint
@@ -212,10 +212,8 @@ class RewardTask(DiffusionTask):
         if self.num_classes is None:
             return None
         if self.cfg.reward.data_weight > 0:
-            labels = batch.labels[rows].clone()
-            drop = rand_on((len(labels),), gen, "cpu") < self.cfg.train.label_dropout
-            labels[drop] = self.num_classes
-            self.objective.data_cond = labels
+            rate = self.cfg.train.label_dropout
+            self.objective.data_cond = drop_labels(batch.labels[rows], rate, self.num_classes, gen)
         n = len(range(*rows.indices(len(batch.x))))
         start = rows.start or 0
         if isinstance(gen, SlicedGenerator):  # global rows, so the layout is process-count free
