@@ -31,8 +31,9 @@ def exported(tmp_path_factory):
     def get(kind: str):
         if kind not in cache:
             root = tmp_path_factory.mktemp(kind)
-            if kind == "text-latent":
-                run_dir = make_text_latent_run(root / "run", "bpe")
+            if kind.startswith("text-latent"):  # text-latent-pooled: text.pooled = true
+                pooled = kind.endswith("pooled")
+                run_dir = make_text_latent_run(root / "run", "bpe", **{"text.pooled": pooled})
             else:
                 objective, k = {"edm-class": ("edm", 3), "vp": ("vp", None)}[kind]
                 run_dir = make_run(root / "run", k, **{"diffusion.objective": objective})
@@ -124,9 +125,10 @@ def test_a_failed_onnx_check_keeps_nothing(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
-def test_onnx_text_latent_export_matches_difftrain_with_prompts_and_guidance(exported):
+@pytest.mark.parametrize("kind", ["text-latent", "text-latent-pooled"])
+def test_onnx_text_latent_export_matches_difftrain_with_prompts_and_guidance(exported, kind):
     """Text encoder inside the graph, decoder.onnx for the latents, tokenizer.json for prompts."""
-    run_dir, onnx_dir, _ = exported("text-latent")
+    run_dir, onnx_dir, _ = exported(kind)
     meta = json.loads((onnx_dir / "onnx_model.json").read_text())
     assert meta["cond_input"] == "input_ids" and meta["decoder"] == "decoder.onnx"
     assert meta["check"]["decoder_max_relative_error"] <= 1e-4
