@@ -2,7 +2,8 @@
 # The emoji text-to-image demo's latent model against a pixel-space model given the same
 # wall-clock budget on an idle machine (the latent side's budget includes its autoencoder).
 # Same data (32 px emoji-base), text encoder, U-Net preset, batch, optimizer and sampler; the
-# pixel model denoises 32×32×3 images instead of 8×8×4 latents (sigma_data 0.5 for pixels).
+# pixel model denoises 32×32×3 images instead of 8×8×4 latents (sigma_data 0.5 for pixels, and
+# p_mean −0.4 = the latent config's 0.3 + ln 0.5: the same training σ/σ_data distribution).
 #   make demo-t2i                                   # the latent side: runs/emoji-vae + runs/emoji-t2i
 #   bash bench/t2i_latent_vs_pixel.sh [BUDGET [--set k=v ...]]   # default 48m = 8m autoencoder + 40m model
 # The budget fixes the run's length once, a minute in (`train.time_limit = 48m: N steps planned`).
@@ -25,6 +26,7 @@ length=(--set "train.time_limit=$BUDGET")
 [ -n "${PIXEL_STEPS:-}" ] && length=(--set train.time_limit=null --set "train.max_steps=$PIXEL_STEPS")
 /usr/bin/time -f "pixel wall_s=%e" $DT train configs/emoji-t2i.yaml --set "train.run_dir=$OUT" \
   --set latent.autoencoder=null --set latent.cache=false --set diffusion.sigma_data=0.5 \
+  --set diffusion.p_mean=-0.4 \
   "${length[@]}" --set logging.progress=false "${@:2}"
 python3 - "$OUT" runs/emoji-t2i <<'PY'
 import json, statistics, sys
